@@ -1,0 +1,161 @@
+"""Build the smplx SMPL module from a real SMPL file, a converted ``.npz``, or the stand-in."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import pickle
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse
+import smplx
+import torch
+from smplx.utils import Struct
+
+from pare.body import standin
+from pare.body.smpl_io import SMPL_SOURCE_HINT, read_smpl_file
+
+GENDERS = ("neutral", "male", "female")
+STANDIN = "standin"
+
+# Gendered stand-ins: the neutral template moved along its own shape directions.
+_GENDER_BETAS = {
+    "neutral": np.zeros(10),
+    "male": np.array([0.8, -0.3, 0.6, 1.2, -0.8, 0.0, 0.5, 0.0, 0.0, 0.5]),
+    "female": np.array([-0.6, 0.2, -0.5, -1.2, 1.2, 0.0, -0.4, 0.0, 0.0, -0.5]),
+}
+
+
+def cache_dir() -> Path:
+    """Where generated assets live: ``$PARE_CACHE`` or ``~/.cache/pare``."""
+    return Path(os.environ.get("PARE_CACHE", Path.home() / ".cache" / "pare"))
+
+
+def standin_dir(root: str | os.PathLike | None = None) -> Path:
+    """The stand-in model folder, generated on first use (safe when several processes race)."""
+    root = Path(root) if root is not None else cache_dir()
+    final = root / f"standin-smpl-v{standin.STANDIN_VERSION}"
+    if (final / "SMPL_NEUTRAL.pkl").is_file():
+        return final
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=root))
+    tmp.chmod(0o755)  # mkdtemp makes it private; a shared cache must stay readable
+    try:
+        write_standin(tmp)
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if not (final / "SMPL_NEUTRAL.pkl").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def write_standin(folder: Path) -> None:
+    """Write SMPL_{NEUTRAL,MALE,FEMALE}.pkl in SMPL's format plus the evaluation extras."""
+    m = standin.generate()
+    for gender, betas in _GENDER_BETAS.items():
+        v_template = m.v_template + m.shapedirs @ betas
+        data = {
+            "v_template": v_template,
+            "f": m.f,
+            "weights": m.weights,
+            "shapedirs": m.shapedirs,
+            "posedirs": m.posedirs,
+            # Like the official files: a scipy.sparse csc matrix, root parent 2**32 - 1.
+            "J_regressor": scipy.sparse.csc_matrix(m.J_regressor),
+            "kintree_table": m.kintree_table,
+            "J": m.J_regressor @ v_template,
+            "bs_style": "lbs",
+            "bs_type": "lrotmin",
+            "standin_version": standin.STANDIN_VERSION,
+        }
+        with (folder / f"SMPL_{gender.upper()}.pkl").open("wb") as f:
+            pickle.dump(data, f, protocol=2)
+    np.save(folder / "J_regressor_h36m.npy", m.J_regressor_h36m)
+    np.save(folder / "smpl_part_labels.npy", m.part_labels)
+
+
+def resolve_model_file(path: str | os.PathLike, gender: str = "neutral") -> Path:
+    """The model file for ``path``: a ``.pkl``/``.npz`` file, a folder, or ``"standin"``."""
+    if gender not in GENDERS:
+        raise ValueError(f"gender must be one of {GENDERS}, got {gender!r}")
+    if str(path) == STANDIN:
+        path = standin_dir()
+    path = Path(path).expanduser()
+    if path.is_dir():
+        candidates = [path / f"SMPL_{gender.upper()}.{ext}" for ext in ("npz", "pkl")]
+        for candidate in candidates:
+            if candidate.is_file():
+                return candidate
+        raise FileNotFoundError(
+            f"No SMPL model for gender '{gender}' in {path}: looked for "
+            f"{', '.join(str(c) for c in candidates)}. {SMPL_SOURCE_HINT}"
+        )
+    if not path.is_file():
+        raise FileNotFoundError(f"SMPL model path does not exist: {path}. {SMPL_SOURCE_HINT}")
+    return path
+
+
+def build_body_model(
+    path: str | os.PathLike = STANDIN,
+    gender: str = "neutral",
+    num_betas: int = 10,
+    batch_size: int = 1,
+    dtype: torch.dtype = torch.float32,
+    **smplx_kwargs,
+) -> smplx.SMPL:
+    """An smplx ``SMPL`` module from a ``.pkl``, an ``.npz``, a folder, or ``"standin"``.
+
+    A folder must hold ``SMPL_{NEUTRAL,MALE,FEMALE}.{npz,pkl}`` (``.npz`` preferred). The file
+    is read without chumpy through :func:`pare.body.read_smpl_file`. The returned module has
+    ``is_standin`` set, so results can be labelled.
+    """
+    model_file = resolve_model_file(path, gender)
+    data = read_smpl_file(model_file)
+    # smplx prints a warning to stdout for 10-component shape spaces (all SMPL v1 files).
+    with contextlib.redirect_stdout(io.StringIO()):
+        model = smplx.SMPL(
+            model_path=str(model_file),
+            data_struct=Struct(**data),
+            gender=gender,
+            num_betas=num_betas,
+            batch_size=batch_size,
+            dtype=dtype,
+            **smplx_kwargs,
+        )
+    model.is_standin = "standin_version" in data
+    return model
+
+
+@dataclass
+class EvalAssets:
+    """Per-model extras for evaluation and part supervision."""
+
+    h36m_regressor: np.ndarray  # (17, V)
+    part_labels: np.ndarray  # (V,) SMPL part 0..23 of each vertex
+
+
+def load_eval_assets(path: str | os.PathLike = STANDIN) -> EvalAssets:
+    """``J_regressor_h36m.npy`` and ``smpl_part_labels.npy`` from the model's folder."""
+    folder = standin_dir() if str(path) == STANDIN else Path(path).expanduser()
+    if folder.is_file():
+        folder = folder.parent
+    files = {
+        "h36m_regressor": folder / "J_regressor_h36m.npy",
+        "part_labels": folder / "smpl_part_labels.npy",
+    }
+    missing = [str(p) for p in files.values() if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"Missing body-model extras: {', '.join(missing)}. J_regressor_h36m.npy is distributed "
+            "with SPIN/PARE's data; smpl_part_labels.npy is a (6890,) array of SMPL part ids 0..23 "
+            "(convert it from a vertex segmentation such as smpl_vert_segmentation.json)."
+        )
+    return EvalAssets(**{k: np.load(p, allow_pickle=False) for k, p in files.items()})

@@ -1,0 +1,251 @@
+"""The one typed config schema, and how YAML files and command-line overrides merge into it.
+
+Every default lives in the dataclasses below. YAML files in ``configs/`` hold only overrides;
+``key=value`` arguments on the command line are applied last and win. An unknown key, a value of
+the wrong type or a value outside a field's choices raises :class:`ConfigError` naming the key
+(and, for unknown keys, the closest valid ones).
+
+    cfg = load_config(["configs/demo_cpu.yaml"], ["optim.lr=1e-4"])
+    cfg.optim.lr  # 0.0001, typed
+    save_config(cfg, "runs/x/config.yaml")  # resolved, reloadable with load_config
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import tempfile
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, get_type_hints
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not fit the schema."""
+
+
+def _check_choice(section: str, name: str, value: Any, choices: tuple) -> None:
+    if value not in choices:
+        raise ConfigError(
+            f"{section}.{name}={value!r} is not allowed; choose one of {list(choices)}"
+        )
+
+
+@dataclass
+class BodyConfig:
+    """Which SMPL files to use: a folder of SMPL_{NEUTRAL,MALE,FEMALE}.{pkl,npz}, or 'standin'."""
+
+    model_path: str = "standin"
+    gender: str = "neutral"
+    num_betas: int = 10
+
+    def __post_init__(self) -> None:
+        _check_choice("body", "gender", self.gender, ("neutral", "male", "female"))
+
+
+@dataclass
+class AugmentConfig:
+    """PARE's training augmentation."""
+
+    flip_prob: float = 0.5
+    color_scale: float = 0.4  # each channel scaled by U(1 - c, 1 + c)
+    rotation_std_deg: float = 30.0
+    rotation_max_deg: float = 60.0
+    rotation_prob: float = 0.4
+    scale_std: float = 0.25
+    scale_min: float = 0.75
+    scale_max: float = 1.25
+    occlusion_prob: float = 0.0
+
+
+@dataclass
+class DataConfig:
+    """Shards to stream and how to batch them (batch_size is per process)."""
+
+    shards_dir: str = "shards/out"
+    train_datasets: list[str] = field(default_factory=lambda: ["3dpw", "mpii"])
+    train_weights: list[float] = field(default_factory=lambda: [0.5, 0.5])
+    val_dataset: str = "3dpw"
+    crop_size: int = 224
+    heatmap_size: int = 56
+    batch_size: int = 32
+    num_workers: int = 4
+    shuffle_buffer: int = 1000
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+    def __post_init__(self) -> None:
+        if len(self.train_weights) != len(self.train_datasets):
+            raise ConfigError(
+                f"data.train_weights has {len(self.train_weights)} entries but data.train_datasets "
+                f"has {len(self.train_datasets)}; give one weight per dataset"
+            )
+
+
+@dataclass
+class AttentionConfig:
+    """The design document's multi-head self-attention over part heatmaps (off = vanilla PARE)."""
+
+    enabled: bool = False
+    num_heads: int = 4
+    key_dim: int = 64
+    value_projection: bool = False
+    zero_init_gate: bool = True
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = "hrnet_w32"
+    backbone_weights: str = ""  # a local .pth/.safetensors file; empty = random init
+    num_joints: int = 24
+    branch_layers: int = 2
+    branch_channels: int = 128
+    shape_cam_channels: int = 64
+    attention: AttentionConfig = field(default_factory=AttentionConfig)
+
+    def __post_init__(self) -> None:
+        _check_choice("model", "backbone", self.backbone, ("hrnet_w32", "resnet50"))
+
+
+@dataclass
+class LossConfig:
+    """PARE's loss weights; the weighted sum is multiplied by ``total_scale``."""
+
+    keypoints_2d: float = 5.0
+    joints_3d: float = 5.0
+    smpl_pose: float = 1.0
+    smpl_shape: float = 0.001
+    part_segmentation: float = 1.0
+    camera: float = 1.0
+    total_scale: float = 60.0
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 5e-5
+    weight_decay: float = 0.0
+    adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    grad_clip_norm: float = 0.0  # 0 disables clipping
+    warmup_steps: int = 0
+
+
+@dataclass
+class TrainConfig:
+    output_dir: str = "runs/pare"
+    max_steps: int = 100_000
+    seed: int = 0
+    mixed_precision: str = "launcher"  # "launcher" keeps what accelerate launch was given
+    gradient_accumulation_steps: int = 1
+    log_every: int = 50
+    eval_every: int = 2000
+    checkpoint_every: int = 2000
+    keep_checkpoints: int = 3
+    resume: str = ""  # "", "auto" (latest in output_dir) or a checkpoint folder
+
+    def __post_init__(self) -> None:
+        _check_choice(
+            "train", "mixed_precision", self.mixed_precision, ("launcher", "no", "bf16", "fp16")
+        )
+
+
+@dataclass
+class LoggingConfig:
+    """Weights & Biases tracking. The API key comes from the environment, never from here."""
+
+    wandb_mode: str = "disabled"
+    project: str = "pare"
+    entity: str = ""
+    run_name: str = ""
+    group: str = ""
+    tags: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        _check_choice("logging", "wandb_mode", self.wandb_mode, ("disabled", "offline", "online"))
+
+
+@dataclass
+class Config:
+    body: BodyConfig = field(default_factory=BodyConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+
+def _check_keys(override: Any, schema: type, prefix: str, source: str) -> None:
+    """Reject keys the schema does not have, suggesting the closest valid ones."""
+    if not isinstance(override, dict):
+        return
+    valid = {f.name: f for f in fields(schema)}
+    for key, value in override.items():
+        path = f"{prefix}{key}"
+        if key not in valid:
+            close = difflib.get_close_matches(str(key), list(valid), n=3, cutoff=0.5)
+            every = [f"{prefix}{name}" for name in valid]
+            hint = (
+                f"did you mean {', '.join(prefix + c for c in close)}?"
+                if close
+                else f"valid keys: {', '.join(every)}"
+            )
+            raise ConfigError(f"{source}: unknown config key '{path}'; {hint}")
+        sub_type = get_type_hints(schema)[key]
+        if is_dataclass(sub_type):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{source}: '{path}' is a section; give it keys, not {value!r}")
+            _check_keys(value, sub_type, f"{path}.", source)
+
+
+def _merge(base: DictConfig, override: DictConfig, source: str) -> DictConfig:
+    _check_keys(OmegaConf.to_container(override), Config, "", source)
+    try:
+        return OmegaConf.merge(base, override)
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None) or "?"
+        raise ConfigError(f"{source}: bad value for '{key}': {str(e).splitlines()[0]}") from None
+
+
+def load_config(
+    files: list[str | os.PathLike] | tuple = (), overrides: list[str] | tuple = ()
+) -> Config:
+    """Defaults, then each YAML file in order, then ``key=value`` overrides; returns a typed Config."""
+    cfg = OmegaConf.structured(Config)
+    for path in files:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        loaded = OmegaConf.load(path)
+        if not isinstance(loaded, DictConfig):
+            raise ConfigError(f"{path}: expected a mapping of config sections at the top level")
+        cfg = _merge(cfg, loaded, str(path))
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"command-line override '{item}' is not of the form key=value")
+    if overrides:
+        cfg = _merge(cfg, OmegaConf.from_dotlist(list(overrides)), "command line")
+    try:
+        return OmegaConf.to_object(cfg)  # runs each section's __post_init__ checks
+    except OmegaConfBaseException as e:
+        raise ConfigError(str(e)) from None
+
+
+def to_yaml(cfg: Config) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def save_config(cfg: Config, path: str | os.PathLike) -> Path:
+    """Write the resolved config as YAML atomically; :func:`load_config` reads it back."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(to_yaml(cfg))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

@@ -1,0 +1,71 @@
+"""Entry points as users run them: separate processes, real files."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).parents[1]
+
+
+def _run(args, tmp_path):
+    env = dict(os.environ)  # carries the test session's PARE_CACHE
+    return subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.slow
+def test_body_model_check_reports_and_draws(tmp_path):
+    out = _run(
+        [
+            sys.executable,
+            str(ROOT / "train" / "check_body_model.py"),
+            "--out",
+            str(tmp_path / "check"),
+        ],
+        tmp_path,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "STAND-IN body model" in out.stdout
+    assert "vertices=6890, faces=13776, euler=2, components=1, closed_manifold=True" in out.stdout
+    assert "batch 64 -> vertices (64, 6890, 3), joints (64, 45, 3)" in out.stdout
+    mean_error = float(
+        next(line for line in out.stdout.splitlines() if line.startswith("mean")).split()[-1]
+    )
+    assert mean_error < 0.01  # mm
+    image = np.asarray(Image.open(tmp_path / "check" / "body_preview.png"))
+    assert image.shape == (480, 960, 3)
+    body = (np.abs(image.astype(int) - image[0, 0]).sum(-1) > 30).mean()
+    assert 0.03 < body < 0.5  # a figure, neither empty nor filling the frame
+
+
+@pytest.mark.slow
+def test_convert_console_script(tmp_path, standin_folder):
+    script = Path(sys.executable).with_name("pare-convert-smpl")
+    assert script.is_file(), "pare-convert-smpl is not installed; pip install -e . registers it"
+    out = _run(
+        [str(script), str(standin_folder / "SMPL_FEMALE.pkl"), "--out", str(tmp_path / "f.npz")],
+        tmp_path,
+    )
+    assert out.returncode == 0, out.stderr
+    with np.load(tmp_path / "f.npz", allow_pickle=False) as z:
+        assert z["v_template"].shape == (6890, 3) and z["J_regressor"].shape == (24, 6890)
+
+
+@pytest.mark.slow
+def test_check_with_missing_smpl_folder_explains(tmp_path):
+    out = _run(
+        [
+            sys.executable,
+            str(ROOT / "train" / "check_body_model.py"),
+            "--model-path",
+            str(tmp_path / "nope"),
+        ],
+        tmp_path,
+    )
+    assert out.returncode == 2
+    assert out.stderr.startswith("error: SMPL model path does not exist")
+    assert "licensed" in out.stderr and "Traceback" not in out.stderr

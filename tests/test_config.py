@@ -1,0 +1,92 @@
+"""The typed config: defaults, YAML and CLI merging, validation, save and reload."""
+
+from pathlib import Path
+
+import pytest
+
+from pare.config import Config, ConfigError, load_config, save_config
+
+CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
+
+
+def test_defaults_are_pare_defaults():
+    cfg = load_config()
+    assert isinstance(cfg, Config)
+    assert cfg.model.backbone == "hrnet_w32" and cfg.model.branch_channels == 128
+    assert (
+        cfg.loss.keypoints_2d,
+        cfg.loss.joints_3d,
+        cfg.loss.smpl_shape,
+        cfg.loss.total_scale,
+    ) == (5.0, 5.0, 0.001, 60.0)
+    assert cfg.body.model_path == "standin"
+
+
+def test_yaml_then_cli_precedence(tmp_path):
+    a = tmp_path / "a.yaml"
+    a.write_text("optim:\n  lr: 1.0e-4\ndata:\n  batch_size: 16\n")
+    b = tmp_path / "b.yaml"
+    b.write_text("optim:\n  lr: 2.0e-4\n")
+    cfg = load_config([a, b], ["data.batch_size=8", "model.attention.enabled=true"])
+    assert cfg.optim.lr == 2e-4  # later file wins
+    assert cfg.data.batch_size == 8  # command line wins
+    assert cfg.model.attention.enabled is True
+    assert cfg.optim.weight_decay == 0.0  # untouched defaults survive
+
+
+@pytest.mark.parametrize(
+    ("overrides", "pattern"),
+    [
+        (["optim.lrr=1"], r"unknown config key 'optim\.lrr'; did you mean optim\.lr\?"),
+        (["modle.backbone=resnet50"], r"unknown config key 'modle'; did you mean model\?"),
+        (
+            ["data.augment.flip=0.1"],
+            r"'data\.augment\.flip'; did you mean data\.augment\.flip_prob",
+        ),
+        (["zzz=1"], r"unknown config key 'zzz'; valid keys: body, data, model"),
+        (["optim.lr=fast"], r"'optim\.lr'.*could not be converted to Float"),
+        (["data.batch_size=1.5"], r"'data\.batch_size'.*Integer"),
+        (
+            ["model.backbone=vit"],
+            r"model\.backbone='vit' is not allowed; choose one of \['hrnet_w32', 'resnet50'\]",
+        ),
+        (["train.mixed_precision=fp32"], r"train\.mixed_precision"),
+        (["optim=1"], r"'optim' is a section"),
+        (["optim.lr"], r"not of the form key=value"),
+    ],
+)
+def test_bad_overrides_name_the_key(overrides, pattern):
+    with pytest.raises(ConfigError, match=pattern):
+        load_config([], overrides)
+
+
+def test_bad_yaml_names_the_file_and_key(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  max_step: 10\n")
+    with pytest.raises(
+        ConfigError,
+        match=r"bad\.yaml: unknown config key 'train\.max_step'; did you mean train\.max_steps",
+    ):
+        load_config([bad])
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config([tmp_path / "missing.yaml"])
+
+
+def test_save_and_reload_round_trip(tmp_path):
+    cfg = load_config(
+        [],
+        [
+            "optim.lr=3e-4",
+            "logging.tags=[a,b]",
+            "data.train_datasets=[3dpw]",
+            "data.train_weights=[1.0]",
+        ],
+    )
+    path = save_config(cfg, tmp_path / "run" / "config.yaml")
+    assert load_config([path]) == cfg
+    assert not list(path.parent.glob("*.tmp"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+def test_every_shipped_config_is_valid(path):
+    load_config([path])
