@@ -61,7 +61,8 @@ class _Tube:
     centers: np.ndarray  # (R, 3) ring centres (poles excluded)
     ring_size: int
     joint_rings: dict[int, int]  # SMPL joint -> ring index
-    label_bones: tuple[int, ...]  # bones the vertices of this tube may be labelled with
+    chain: tuple[int, ...]  # the joints on this tube's axis, in axis order
+    first_part: int  # the part the tube starts in, before its first joint
 
     def ring_vertices(self, ring: int) -> np.ndarray:
         return 1 + ring * self.ring_size + np.arange(self.ring_size)
@@ -132,7 +133,7 @@ def _polyline_tube(
     ref: np.ndarray,
     rings: int,
     n: int,
-    label_bones: tuple[int, ...],
+    first_part: int,
 ) -> _Tube:
     """Tube along a polyline from ``points[0]`` to ``points[-1]`` (the poles).
 
@@ -155,7 +156,8 @@ def _polyline_tube(
     a = PchipInterpolator(knots[:, 0] * length, knots[:, 1])(s)
     b = PchipInterpolator(knots[:, 0] * length, knots[:, 2])(s)
     verts, faces = _sweep(centers, ahead - behind, ref, a, b, (points[0], points[-1]), n)
-    return _Tube(verts, faces, centers, n, joint_rings, label_bones)
+    chain = tuple(sorted(joints_at, key=joints_at.get))
+    return _Tube(verts, faces, centers, n, joint_rings, chain, first_part)
 
 
 def _torso(rings: int, n: int) -> _Tube:
@@ -186,7 +188,7 @@ def _torso(rings: int, n: int) -> _Tube:
     tangents = np.gradient(centers, axis=0)
     poles = (np.array([0.0, y0, 0.02]), np.array([0.005, y1, 0.03]))
     verts, faces = _sweep(centers, tangents, np.array([1.0, 0, 0]), a, b, poles, n)
-    return _Tube(verts, faces, centers, n, joint_rings, (0, 3, 6, 9, 12, 13, 14, 15))
+    return _Tube(verts, faces, centers, n, joint_rings, chain, first_part=0)
 
 
 def _arm(side: int, rings: int, n: int) -> _Tube:
@@ -219,7 +221,7 @@ def _arm(side: int, rings: int, n: int) -> _Tube:
         np.array([0, 1.0, 0]),
         rings,
         n,
-        (collar, shoulder, elbow, wrist, hand),
+        first_part=collar,
     )
 
 
@@ -248,7 +250,7 @@ def _leg(side: int, rings: int, n: int) -> _Tube:
         np.array([1.0, 0, 0]),
         rings,
         n,
-        (hip, knee, ankle),
+        first_part=hip,
     )
 
 
@@ -268,7 +270,7 @@ def _foot(side: int, rings: int, n: int) -> _Tube:
         (1.00, 0.000, 0.000),
     ]  # (fraction of length, half-width along x, half-height along y)
     return _polyline_tube(
-        points, {foot: 2}, profile, np.array([1.0, 0, 0]), rings, n, (ankle, foot)
+        points, {foot: 2}, profile, np.array([1.0, 0, 0]), rings, n, first_part=ankle
     )
 
 
@@ -287,9 +289,8 @@ def _winding_number(points: np.ndarray, verts: np.ndarray, faces: np.ndarray) ->
     return np.arctan2(det, den).sum(-1) / (2 * np.pi)
 
 
-def _nearest_face(tube: _Tube, point: np.ndarray, faces: np.ndarray | None = None) -> int:
-    faces = tube.faces if faces is None else faces
-    centroids = tube.verts[faces].mean(1)
+def _nearest_face(tube: _Tube, point: np.ndarray) -> int:
+    centroids = tube.verts[tube.faces].mean(1)
     return int(np.argmin(np.linalg.norm(centroids - point, axis=1)))
 
 
@@ -374,18 +375,6 @@ def _smoothstep(x: np.ndarray) -> np.ndarray:
     return x * x * (3 - 2 * x)
 
 
-# Per tube: the chain of joints it carries, in axis order, and the part below the first joint.
-_CHAINS = (
-    ((0, 3, 6, 9, 12, 15), 0),
-    ((13, 16, 18, 20, 22), 13),
-    ((14, 17, 19, 21, 23), 14),
-    ((1, 4, 7), 1),
-    ((2, 5, 8), 2),
-    ((10,), 7),
-    ((11,), 8),
-)
-
-
 def _ring_parameters(tube: _Tube) -> np.ndarray:
     """Arc length of every vertex's ring along the tube axis (poles take the end values)."""
     s_ring = np.concatenate(
@@ -395,13 +384,14 @@ def _ring_parameters(tube: _Tube) -> np.ndarray:
     return np.concatenate([[s_ring[0] - 1e-3], per_vertex, [s_ring[-1] + 1e-3]])
 
 
-def _skinning(tube: _Tube, chain: tuple[int, ...], first: int) -> tuple[np.ndarray, np.ndarray]:
+def _skinning(tube: _Tube) -> tuple[np.ndarray, np.ndarray]:
     """Part label and skinning weights (V_tube, 24) from the position along the tube's chain.
 
     The vertices between joint k and the next joint of the chain belong to part k (SMPL's
-    convention: a part moves with the joint at its proximal end). Weights blend linearly across
+    convention: a part moves with the joint at its proximal end). Weights blend smoothly across
     a window around each joint that is at most 40% of the neighbouring segments.
     """
+    chain, first = tube.chain, tube.first_part
     s = _ring_parameters(tube)
     s_ring = s[1 + tube.ring_size * np.arange(len(tube.centers))]
     s_joint = np.array([s_ring[tube.joint_rings[k]] for k in chain])
@@ -430,9 +420,9 @@ def _finish(
     weights = np.zeros((n_v, 24))
     centre = np.zeros((n_v, 3))  # axis point each vertex is swept around
     J_reg = np.zeros((24, n_v))
-    for tube, off, (chain, first) in zip(tubes, offsets[:-1], _CHAINS, strict=True):
+    for tube, off in zip(tubes, offsets[:-1], strict=True):
         sl = slice(off, off + len(tube.verts))
-        labels[sl], weights[sl] = _skinning(tube, chain, first)
+        labels[sl], weights[sl] = _skinning(tube)
         centre[sl] = np.concatenate(
             [tube.centers[:1], np.repeat(tube.centers, tube.ring_size, 0), tube.centers[-1:]]
         )
