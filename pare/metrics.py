@@ -51,7 +51,12 @@ def _aligned_batch_inner(pred: torch.Tensor, gt: torch.Tensor) -> tuple[torch.Te
     xs, ys = x.permute(2, 1, 0).contiguous(), y.permute(2, 1, 0).contiguous()  # (3, N, B)
     aligned, ok = _align_horn(xs, ys)
     if not bool(ok.all()):
-        aligned[..., ~ok] = _align_svd(x[~ok], y[~ok]).permute(2, 1, 0)
+        # Non-finite inputs give NaN, as the other metrics do; the rest get the SVD route.
+        finite = torch.isfinite(x).all(-1).all(-1) & torch.isfinite(y).all(-1).all(-1)
+        redo = ~ok & finite
+        aligned[..., ~ok & ~finite] = torch.nan
+        if bool(redo.any()):
+            aligned[..., redo] = _align_svd(x[redo], y[redo]).permute(2, 1, 0)
     return aligned, ys
 
 

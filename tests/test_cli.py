@@ -17,17 +17,13 @@ def _run(args, tmp_path):
     return subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
 
 
+def _check_body_model(tmp_path, *args):
+    return _run([sys.executable, str(ROOT / "train" / "check_body_model.py"), *args], tmp_path)
+
+
 @pytest.mark.slow
 def test_body_model_check_reports_and_draws(tmp_path):
-    out = _run(
-        [
-            sys.executable,
-            str(ROOT / "train" / "check_body_model.py"),
-            "--out",
-            str(tmp_path / "check"),
-        ],
-        tmp_path,
-    )
+    out = _check_body_model(tmp_path, "--out", str(tmp_path / "check"))
     assert out.returncode == 0, out.stderr
     assert "STAND-IN body model" in out.stdout
     assert "vertices=6890, faces=13776, euler=2, components=1, closed_manifold=True" in out.stdout
@@ -57,15 +53,7 @@ def test_convert_console_script(tmp_path, standin_folder):
 
 @pytest.mark.slow
 def test_check_with_missing_smpl_folder_explains(tmp_path):
-    out = _run(
-        [
-            sys.executable,
-            str(ROOT / "train" / "check_body_model.py"),
-            "--model-path",
-            str(tmp_path / "nope"),
-        ],
-        tmp_path,
-    )
+    out = _check_body_model(tmp_path, "--model-path", str(tmp_path / "nope"))
     assert out.returncode == 2
     assert out.stderr.startswith("error: SMPL model path does not exist")
     assert "licensed" in out.stderr and "Traceback" not in out.stderr

@@ -171,3 +171,16 @@ def test_similarity_align_shape_and_mixed_batches():
     with pytest.warns(UserWarning, match="Optimal rotation"):
         ref = _reference_pa_mpjpe(pred, gt)
     np.testing.assert_allclose(ours, ref, atol=1e-6)
+
+
+def test_non_finite_and_empty_inputs():
+    rng = np.random.default_rng(10)
+    pred, gt = rng.normal(size=(2, 4, 14, 3))
+    pred[1, 3, 0] = np.nan
+    gt[2, 0, 1] = np.inf
+    ours = M.pa_mpjpe(_t(pred), _t(gt)).numpy()
+    assert np.isnan(ours[1]) and np.isnan(ours[2])
+    keep = [0, 3]
+    np.testing.assert_allclose(ours[keep], _reference_pa_mpjpe(pred[keep], gt[keep]), atol=1e-6)
+    assert np.isnan(M.mpjpe(_t(pred), _t(gt)).numpy()[1])
+    assert M.pa_mpjpe(torch.zeros(0, 14, 3), torch.zeros(0, 14, 3)).shape == (0,)
