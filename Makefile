@@ -20,6 +20,8 @@ install: $(BIN)/.installed
 
 demo: install
 	$(BIN)/python train/check_body_model.py
+	$(BIN)/python shards/make_synthetic.py 3dpw --out data/synthetic/3dpw --sequences 3 --frames 30 --size 270 480
+	$(BIN)/python shards/make_synthetic.py mpii --out data/synthetic/mpii --images 60 --image-scale 0.5 --eft
 
 lint: install
 	$(BIN)/ruff check .
@@ -30,6 +32,7 @@ test: lint
 
 bench: install
 	$(BIN)/python benchmarks/bench_metrics.py
+	$(BIN)/python benchmarks/bench_render.py
 
 clean:
 	rm -rf $(VENV) runs benchmarks/results .pytest_cache .ruff_cache

@@ -9,7 +9,6 @@ and the speed-up ratio, which is what to compare across machines (absolute times
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import time
 from pathlib import Path
@@ -17,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pare.io_utils import write_json_atomic
 from pare.metrics import pa_mpjpe
 
 
@@ -81,11 +81,7 @@ def main(argv: list[str] | None = None) -> dict:
         f"{'pare.metrics (batched)':<28}{t_batched:>10.4f}{1e6 * t_batched / args.samples:>12.2f}"
     )
     print(f"speed-up {result['speedup']:.1f}x, max |difference| {max_diff:.2e}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    tmp.replace(args.out)
-    print(f"wrote {args.out}")
+    print(f"wrote {write_json_atomic(args.out, result, indent=2)}")
     return result
 
 

@@ -20,3 +20,13 @@ def standin_folder(_isolated_cache):
     from pare.body import standin_dir
 
     return standin_dir()
+
+
+@pytest.fixture(scope="session")
+def test_output():
+    """A folder for artefacts meant to be looked at after the run (runs/ is git-ignored)."""
+    from pathlib import Path
+
+    folder = Path(__file__).parents[1] / "runs" / "test-output"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder

@@ -57,3 +57,56 @@ def test_check_with_missing_smpl_folder_explains(tmp_path):
     assert out.returncode == 2
     assert out.stderr.startswith("error: SMPL model path does not exist")
     assert "licensed" in out.stderr and "Traceback" not in out.stderr
+
+
+@pytest.mark.slow
+def test_make_synthetic_3dpw_and_mpii(tmp_path):
+    script = str(ROOT / "shards" / "make_synthetic.py")
+    out = _run(
+        [
+            sys.executable,
+            script,
+            "3dpw",
+            "--out",
+            str(tmp_path / "3dpw"),
+            "--sequences",
+            "2",
+            "--frames",
+            "3",
+            "--size",
+            "96",
+            "160",
+            "--seed",
+            "1",
+        ],
+        tmp_path,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "3DPW frames" in out.stderr  # the progress bar
+    assert len(list((tmp_path / "3dpw" / "sequenceFiles").rglob("*.pkl"))) == 2
+    assert len(list((tmp_path / "3dpw" / "imageFiles").rglob("*.jpg"))) == 6
+    out = _run(
+        [
+            sys.executable,
+            script,
+            "mpii",
+            "--out",
+            str(tmp_path / "mpii"),
+            "--images",
+            "4",
+            "--image-scale",
+            "0.25",
+            "--eft",
+            "--no-progress",
+        ],
+        tmp_path,
+    )
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "mpii" / "mpii_human_pose_v1_u12_1.mat").is_file()
+    assert (tmp_path / "mpii" / "MPII_ver01.json").is_file()
+    assert len(list((tmp_path / "mpii" / "images").glob("*.jpg"))) == 4
+    assert not list(tmp_path.rglob("*.tmp"))
+    bad = _run(
+        [sys.executable, script, "3dpw", "--out", str(tmp_path / "x"), "--frames", "0"], tmp_path
+    )
+    assert bad.returncode == 2 and "--frames must be at least 1" in bad.stderr

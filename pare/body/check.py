@@ -22,6 +22,7 @@ from PIL import Image, ImageDraw
 from pare.body.joints import SMPL_24
 from pare.body.model import STANDIN, build_body_model, load_eval_assets, resolve_model_file
 from pare.body.standin import REST_JOINTS
+from pare.io_utils import atomic_open
 
 
 def mesh_topology(faces: np.ndarray, n_vertices: int) -> dict[str, int | bool]:
@@ -75,10 +76,8 @@ def preview_png(
                 for x, y in tri[i, :, :2]
             ]
             draw.polygon(xy, fill=colour)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.png")
-    image.save(tmp)
-    tmp.replace(path)
+    with atomic_open(path) as f:
+        image.save(f, format="PNG")
     return path
 
 

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from pare.io_utils import atomic_open
 from pare.safe_pickle import load_pickle, to_numpy
 
 # What smplx's SMPL reads; every valid model file has these.
@@ -97,14 +97,6 @@ def _validate(data: dict[str, np.ndarray], path: Path) -> None:
 
 def write_npz(data: dict[str, np.ndarray], path: str | os.PathLike) -> Path:
     """Write arrays to ``path`` atomically (temporary file in the same folder, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez_compressed(f, **data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    with atomic_open(path) as f:
+        np.savez_compressed(f, **data)
+    return Path(path)

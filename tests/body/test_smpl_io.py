@@ -1,12 +1,9 @@
 """Reading official-format SMPL pickles without chumpy, safely."""
 
-import io
 import os
 import pickle
-import struct
 import sys
 import types
-from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -14,23 +11,8 @@ import scipy.sparse
 
 from pare.body import read_smpl_file, write_npz
 from pare.body.convert import main as convert_main
+from pare.data.py2pickle import dumps_py2
 from pare.safe_pickle import UnsafePickleError, load_pickle
-
-
-class _Py2Pickler(pickle._Pickler):
-    """Writes bytes as Python 2 ``str`` opcodes, as the official SMPL files (Python 2) have them."""
-
-    dispatch: ClassVar[dict] = dict(pickle._Pickler.dispatch)
-
-    def _save_py2_str(self, obj):
-        n = len(obj)
-        if n < 256:
-            self.write(pickle.SHORT_BINSTRING + bytes([n]) + obj)
-        else:
-            self.write(pickle.BINSTRING + struct.pack("<i", n) + obj)
-        self.memoize(obj)
-
-    dispatch[bytes] = _save_py2_str
 
 
 def _official_style_pickle(path, arrays):
@@ -54,13 +36,9 @@ def _official_style_pickle(path, arrays):
         data["J_regressor"] = scipy.sparse.csc_matrix(arrays["J_regressor"])
         data["bs_style"] = "lbs"
         data["pose_training_info"] = {"sigma": 1.0}
-        buf = io.BytesIO()
-        _Py2Pickler(buf, protocol=2).dump(data)
+        raw = dumps_py2(data)  # Python 2 opcodes and module names, as the official files have
     finally:
         del sys.modules["chumpy"], sys.modules["chumpy.ch"]
-    raw = buf.getvalue()
-    raw = raw.replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
-    raw = raw.replace(b"scipy.sparse._csc", b"scipy.sparse.csc")
     path.write_bytes(raw)
     return raw
 
