@@ -22,6 +22,10 @@ demo: install
 	$(BIN)/python train/check_body_model.py
 	$(BIN)/python shards/make_synthetic.py 3dpw --out data/synthetic/3dpw --sequences 3 --frames 30 --size 270 480
 	$(BIN)/python shards/make_synthetic.py mpii --out data/synthetic/mpii --images 60 --image-scale 0.5 --eft
+	$(BIN)/python shards/pack_3dpw.py --root data/synthetic/3dpw --split train --out shards/out/3dpw/train --workers 2
+	$(BIN)/python shards/pack_3dpw.py --root data/synthetic/3dpw --split validation --out shards/out/3dpw/validation --workers 2
+	$(BIN)/python shards/pack_mpii.py --root data/synthetic/mpii --split train --out shards/out/mpii/train --eft data/synthetic/mpii/MPII_ver01.json --workers 2
+	$(BIN)/python shards/verify.py shards/out/3dpw/train shards/out/3dpw/validation shards/out/mpii/train
 
 lint: install
 	$(BIN)/ruff check .
@@ -33,6 +37,7 @@ test: lint
 bench: install
 	$(BIN)/python benchmarks/bench_metrics.py
 	$(BIN)/python benchmarks/bench_render.py
+	$(BIN)/python benchmarks/bench_pack.py
 
 clean:
 	rm -rf $(VENV) runs benchmarks/results .pytest_cache .ruff_cache

@@ -32,3 +32,14 @@ def test_render_benchmark_writes_json(tmp_path, monkeypatch):
     rows = json.loads(out.read_text())["rows"]
     assert rows[0]["what"] == "render one body 512x512"
     assert all(r["ms_per_frame"] > 0 for r in rows)
+
+
+@pytest.mark.slow
+def test_pack_benchmark_writes_json(tmp_path, monkeypatch):
+    out = tmp_path / "pack.json"
+    monkeypatch.setattr(
+        sys, "argv", ["bench_pack.py", "--sequences", "1", "--frames", "6", "--out", str(out)]
+    )
+    runpy.run_path(str(BENCH / "bench_pack.py"), run_name="__main__")
+    result = json.loads(out.read_text())
+    assert result["samples"] > 0 and result["shard_bytes_per_sample"] > 1000

@@ -45,7 +45,7 @@ class BodyModels:
         self, gender: str, betas: np.ndarray, pose: np.ndarray, trans: np.ndarray
     ) -> dict[str, np.ndarray]:
         """SMPL for T frames: betas (10,), pose (T, 72), trans (T, 3) -> vertices, joints (T, 24, 3),
-        unified keypoints (T, 22, 3), all float64 in the world frame."""
+        h36m (T, 17, 3), unified keypoints (T, 22, 3), all float64 in the world frame."""
         model = self.models[gender]
         t = len(pose)
         with torch.no_grad():
@@ -60,6 +60,7 @@ class BodyModels:
         return {
             "vertices": out.vertices.double().numpy(),
             "joints": out.joints[:, :24].double().numpy(),
+            "h36m": h36m.double().numpy(),
             "unified": unified.double().numpy(),
         }
 

@@ -1,0 +1,62 @@
+"""Pack MPII's train or val people into WebDataset shards (see pare.data.pack).
+
+python shards/pack_mpii.py --root DIR --split {train,val} --out shards/mpii/<split>
+    [--eft MPII_ver01.json] [--min-joints 6] [--val-list FILE] [--workers N] [--strict]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from pare.data.pack import pack_mpii
+from pare.data.readers import DatasetLayoutError
+from pare.data.shard_writer import PackError, add_shard_arguments, shard_options
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--root", type=Path, required=True, help="MPII root (images/, mpii_human_pose_v1_u12_1.mat)"
+    )
+    parser.add_argument("--split", required=True, choices=("train", "val"))
+    parser.add_argument("--out", type=Path, help="output folder (default: shards/out/mpii/<split>)")
+    parser.add_argument(
+        "--eft", type=Path, help="EFT fits (MPII_ver01.json): adds pseudo-GT SMPL and part labels"
+    )
+    parser.add_argument(
+        "--min-joints", type=int, default=6, help="skip people with fewer annotated joints"
+    )
+    parser.add_argument(
+        "--val-list", type=Path, help="text file of validation image names (default: every 10th)"
+    )
+    parser.add_argument(
+        "--body-model", default="standin", help="'standin' or an SMPL folder (for EFT part labels)"
+    )
+    add_shard_arguments(parser)
+    args = parser.parse_args(argv)
+    out = args.out or Path("shards/out/mpii") / args.split
+    try:
+        val = set(args.val_list.read_text().split()) if args.val_list else None
+        result = pack_mpii(
+            args.root,
+            args.split,
+            out,
+            args.body_model,
+            shard_options(args),
+            args.eft,
+            args.min_joints,
+            val,
+        )
+    except (DatasetLayoutError, FileNotFoundError, PackError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(
+        f"{result['samples']} samples -> {result['manifest']}; skipped: {result['skipped'] or 'none'}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

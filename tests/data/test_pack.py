@@ -1,0 +1,268 @@
+"""Packing synthetic 3DPW and MPII into shards: alignment, resumability, bad input, verification."""
+
+import hashlib
+import io
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import webdataset as wds
+from PIL import Image
+
+from pare.data.pack import pack_3dpw, pack_mpii
+from pare.data.shard_writer import ShardOptions
+from pare.data.synthetic_3dpw import Synthetic3DPWConfig, make_3dpw
+from pare.data.synthetic_mpii import SyntheticMPIIConfig, make_mpii
+from pare.data.verify import verify_split
+
+ROOT = Path(__file__).parents[2]
+OPTS = ShardOptions(maxcount=6, progress=False)
+
+
+@pytest.fixture(scope="module")
+def raw(tmp_path_factory):
+    base = tmp_path_factory.mktemp("raw")
+    # Four sequences: splits are assigned round-robin, so train gets two.
+    make_3dpw(
+        base / "3dpw",
+        Synthetic3DPWConfig(sequences=4, frames=6, seed=2, width=270, height=480),
+        progress=False,
+    )
+    make_mpii(
+        base / "mpii",
+        SyntheticMPIIConfig(images=24, seed=2, image_scale=0.4, eft=True),
+        progress=False,
+    )
+    return base
+
+
+@pytest.fixture(scope="module")
+def packed(raw, tmp_path_factory):
+    out = tmp_path_factory.mktemp("shards")
+    pack_3dpw(raw / "3dpw", "train", out / "3dpw", "standin", OPTS)
+    pack_mpii(
+        raw / "mpii", "train", out / "mpii", "standin", OPTS, eft=raw / "mpii" / "MPII_ver01.json"
+    )
+    return out
+
+
+def _samples(folder):
+    samples = {}
+    for shard in sorted(folder.glob("*.tar")):
+        with tarfile.open(shard) as tar:
+            for m in tar:
+                key, _, ext = m.name.partition(".")
+                samples.setdefault(key, {})[ext] = tar.extractfile(m).read()
+    return samples
+
+
+def _digests(folder):
+    return {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.glob("*.tar"))
+    }
+
+
+def test_manifest_and_webdataset_reading(packed):
+    for name in ("3dpw", "mpii"):
+        manifest = json.loads((packed / name / "manifest.json").read_text())
+        assert manifest["__kind__"] == "wids-shard-index-v1" and manifest["schema_version"] == 1
+        assert manifest["num_samples"] == sum(s["nsamples"] for s in manifest["shardlist"]) > 0
+        assert len(manifest["keypoint_layout"]) == 22 and manifest["crop"]["max_size"] == 320
+        urls = [str(packed / name / s["url"]) for s in manifest["shardlist"]]
+        seen = list(wds.WebDataset(urls, shardshuffle=False, empty_check=False))  # a second reader
+        assert len(seen) == manifest["num_samples"]
+        assert all({"jpg", "npz", "json"} <= set(s) for s in seen)
+        assert len({s["__key__"] for s in seen}) == len(seen)
+        assert not any("." in s["__key__"] for s in seen)
+    # Globally shuffled: the first shard mixes sequences.
+    first = json.loads((packed / "3dpw" / "manifest.json").read_text())["shardlist"][0]["url"]
+    with tarfile.open(packed / "3dpw" / first) as tar:
+        sequences = {
+            json.loads(tar.extractfile(m).read())["sequence"]
+            for m in tar
+            if m.name.endswith(".json")
+        }
+    assert len(sequences) > 1
+
+
+def test_keypoints_and_part_labels_line_up_with_the_person(packed, test_output):
+    samples = _samples(packed / "3dpw")
+    tiles, on_body, total = [], 0, 0
+    for key, s in sorted(samples.items()):
+        image = np.asarray(Image.open(io.BytesIO(s["jpg"])))
+        parts = np.asarray(Image.open(io.BytesIO(s["png"])))
+        z = np.load(io.BytesIO(s["npz"]))
+        assert image.shape[:2] == parts.shape and image.shape[0] == image.shape[1] <= 320
+        # Independent geometry: the crop intrinsics project the camera-frame joints onto the
+        # stored 2D keypoints (OpenPose joints that are SMPL joints).
+        uvw = z["joints_3d"] @ z["intrinsics"].T
+        proj = uvw[:, :2] / uvw[:, 2:]
+        for unified, smpl in ((2, 17), (3, 19), (5, 16), (6, 18), (8, 2), (9, 5), (11, 1), (12, 4)):
+            if z["keypoints_2d"][unified, 2] > 0:
+                assert np.hypot(*(z["keypoints_2d"][unified, :2] - proj[smpl])) < 1.0, key
+        # Keypoints land on the rendered person: its part map, within 2 px.
+        for x, y, c in z["keypoints_2d"]:
+            if c > 0 and 2 <= x < parts.shape[1] - 2 and 2 <= y < parts.shape[0] - 2:
+                total += 1
+                on_body += parts[int(y) - 2 : int(y) + 3, int(x) - 2 : int(x) + 3].any()
+        # And the part map covers the person in the image (differs from the backdrop).
+        if len(tiles) < 4:
+            overlay = image.astype(float)
+            overlay[parts > 0] = 0.5 * overlay[parts > 0] + [127, 0, 127]
+            tiles.append(overlay.clip(0, 255).astype(np.uint8))
+    assert total > 50 and on_body / total > 0.95
+    Image.fromarray(
+        np.concatenate([np.asarray(Image.fromarray(t).resize((200, 200))) for t in tiles], 1)
+    ).save(test_output / "packed_3dpw_parts.png")
+
+
+def test_mpii_eft_samples_are_pseudo_gt(packed):
+    samples = _samples(packed / "mpii")
+    with_fit = [s for s in samples.values() if "png" in s]
+    assert with_fit and len(with_fit) < len(samples)
+    for s in with_fit:
+        z = np.load(io.BytesIO(s["npz"]))
+        assert z["has_smpl"] and z["is_pseudo_gt"] and not z["has_joints_3d"]
+    for s in samples.values():
+        z = np.load(io.BytesIO(s["npz"]))
+        annotated = z["keypoints_2d"][:, 2] > 0
+        assert annotated.sum() >= 6
+        assert np.all(z["keypoints_2d"][~annotated] == 0)
+
+
+def test_verify_passes_then_catches_a_flipped_byte(packed, tmp_path):
+    import shutil
+
+    copy = tmp_path / "3dpw"
+    shutil.copytree(packed / "3dpw", copy)
+    checked, problems = verify_split(copy)
+    assert checked > 0 and problems == []
+    shard = sorted(copy.glob("*.tar"))[0]
+    data = bytearray(shard.read_bytes())
+    data[1000] ^= 0x01  # inside the first member's content
+    shard.write_bytes(bytes(data))
+    _, problems = verify_split(copy)
+    assert any(shard.name in p and "sha256" in p for p in problems)
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "shards" / "verify.py"), str(copy)],
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 1 and shard.name in out.stderr
+
+
+def test_parallel_and_serial_packing_are_byte_identical(raw, packed, tmp_path):
+    pack_3dpw(
+        raw / "3dpw",
+        "train",
+        tmp_path / "par",
+        "standin",
+        ShardOptions(maxcount=6, workers=2, progress=False),
+    )
+    assert _digests(tmp_path / "par") == _digests(packed / "3dpw")
+
+
+@pytest.mark.slow
+def test_kill_then_rerun_gives_identical_shards(raw, packed, tmp_path):
+    out = tmp_path / "killed"
+    cmd = [
+        sys.executable,
+        str(ROOT / "shards" / "pack_3dpw.py"),
+        "--root",
+        str(raw / "3dpw"),
+        "--split",
+        "train",
+        "--out",
+        str(out),
+        "--maxcount",
+        "6",
+        "--no-progress",
+    ]
+    proc = subprocess.Popen(cmd, env=dict(os.environ))
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        journal = out / ".progress.json"
+        if journal.is_file() and len(json.loads(journal.read_text())["shards"]) >= 1:
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.01)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "packing finished before it could be killed"
+    assert len(_digests(out)) < len(_digests(packed / "3dpw"))
+    rerun = subprocess.run(cmd, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr
+    assert _digests(out) == _digests(packed / "3dpw")
+    assert not list(out.glob("*.tmp"))
+
+
+def test_bad_input_is_skipped_and_counted(raw, tmp_path):
+    import shutil
+
+    broken = tmp_path / "3dpw"
+    shutil.copytree(raw / "3dpw", broken)
+    train = sorted((broken / "sequenceFiles" / "train").glob("*.pkl"))
+    with open(train[0], "rb") as f:
+        seq = pickle.load(f, encoding="latin1")
+    frame = int(np.flatnonzero(np.all([v.astype(bool) for v in seq["campose_valid"]], axis=0))[0])
+    image = broken / "imageFiles" / seq["sequence"] / f"image_{frame:05d}.jpg"
+    image.write_bytes(b"\xff\xd8\xff not really a jpeg")  # every actor in this frame loses it
+    victim = broken / "sequenceFiles" / "train" / "zz_truncated.pkl"
+    victim.write_bytes(train[0].read_bytes()[:500])
+    result = pack_3dpw(broken, "train", tmp_path / "out", "standin", OPTS)
+    manifest = json.loads(result["manifest"].read_text())
+    assert manifest["skipped"]["unreadable_sequence"] == 1
+    assert manifest["skipped"].get("corrupt_image", 0) >= (
+        1 if image.parent.name in str(train[0]) else 0
+    )
+    assert "zz_truncated.pkl" in manifest["skipped_examples"]["unreadable_sequence"][0]
+    mpii = json.loads(
+        pack_mpii(raw / "mpii", "train", tmp_path / "mpii", "standin", OPTS)["manifest"].read_text()
+    )
+    assert mpii["skipped"]["no_annopoints"] > 0
+    strict = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "shards" / "pack_3dpw.py"),
+            "--root",
+            str(broken),
+            "--split",
+            "train",
+            "--out",
+            str(tmp_path / "strict"),
+            "--strict",
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert strict.returncode == 2 and "--strict" in strict.stderr
+
+
+def test_missing_root_names_the_expected_path(tmp_path):
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "shards" / "pack_3dpw.py"),
+            "--root",
+            str(tmp_path / "nope"),
+            "--split",
+            "train",
+            "--out",
+            str(tmp_path / "o"),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert (
+        out.returncode == 2
+        and str(tmp_path / "nope") in out.stderr
+        and "sequenceFiles" in out.stderr
+    )
