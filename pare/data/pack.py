@@ -229,13 +229,13 @@ def pack_mpii(
             f"MPII images folder not found: {root / 'images'} (expected beside the .mat file)"
         )
     skips = Skips()
+
+    def in_split(index: int, name: str) -> bool:
+        in_val = name in val_images if val_images is not None else index % 10 == 0
+        return in_val == (split == "val")
+
     people = []
-    for person in read_mpii(root / "mpii_human_pose_v1_u12_1.mat", skips):
-        in_val = (
-            person.image in val_images if val_images is not None else person.image_index % 10 == 0
-        )
-        if in_val != (split == "val"):
-            continue
+    for person in read_mpii(root / "mpii_human_pose_v1_u12_1.mat", skips, include=in_split):
         if (person.keypoints[:, 2] > 0).sum() < min_joints:
             skips.add("too_few_joints", f"{person.image}#{person.rect}")
             continue

@@ -150,9 +150,10 @@ def _visibility(point) -> float:
     return 1.0 if arr.size == 0 else float(arr[0] != 0)
 
 
-def read_mpii(mat_path: Path, skips: Skips) -> list[PersonMPII]:
+def read_mpii(mat_path: Path, skips: Skips, include=None) -> list[PersonMPII]:
     """All people with usable annotations; rects without ``annopoints`` and malformed entries are
-    counted in ``skips``. Coordinates become 0-based."""
+    counted in ``skips``. Coordinates become 0-based. ``include(index, name)`` limits the images
+    considered (and counted), e.g. to one split."""
     mat_path = Path(mat_path)
     if not mat_path.is_file():
         raise DatasetLayoutError(
@@ -168,6 +169,8 @@ def read_mpii(mat_path: Path, skips: Skips) -> list[PersonMPII]:
     people = []
     for i, entry in enumerate(annolist):
         name = str(entry.image.name)
+        if include is not None and not include(i, name):
+            continue
         rects = entry.annorect
         rects = list(rects.ravel()) if isinstance(rects, np.ndarray) else [rects]
         for r, rect in enumerate(rects):

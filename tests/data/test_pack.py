@@ -266,3 +266,33 @@ def test_missing_root_names_the_expected_path(tmp_path):
         and str(tmp_path / "nope") in out.stderr
         and "sequenceFiles" in out.stderr
     )
+
+
+def test_malformed_mat_entry_is_skipped_and_counted(raw, tmp_path):
+    import shutil
+
+    import scipy.io
+
+    broken = tmp_path / "mpii"
+    shutil.copytree(raw / "mpii", broken)
+    mat = scipy.io.loadmat(broken / "mpii_human_pose_v1_u12_1.mat")
+    annolist = mat["RELEASE"]["annolist"][0, 0]
+    for i in range(annolist.shape[1]):  # the first annotated person gets an impossible joint id
+        rects = annolist[0, i]["annorect"]
+        if rects.size and "annopoints" in rects.dtype.names and rects[0, 0]["annopoints"].size:
+            rects[0, 0]["annopoints"][0, 0]["point"][0, 0]["id"] = np.array([[99]], np.uint8)
+            break
+    scipy.io.savemat(broken / "mpii_human_pose_v1_u12_1.mat", {"RELEASE": mat["RELEASE"]})
+    train = pack_mpii(broken, "train", tmp_path / "t", "standin", OPTS)
+    val = pack_mpii(broken, "val", tmp_path / "v", "standin", OPTS)
+    skipped = [json.loads(r["manifest"].read_text())["skipped"] for r in (train, val)]
+    assert sum(s.get("malformed_annotation", 0) for s in skipped) == 1
+
+
+def test_maxsize_bounds_shards(raw, tmp_path):
+    options = ShardOptions(maxcount=1000, maxsize=60_000, progress=False)
+    result = pack_3dpw(raw / "3dpw", "train", tmp_path / "small", "standin", options)
+    manifest = json.loads(result["manifest"].read_text())
+    assert len(manifest["shardlist"]) > 2
+    for shard in manifest["shardlist"]:
+        assert shard["filesize"] <= 60_000 + 20_000 or shard["nsamples"] == 1  # tar padding aside
