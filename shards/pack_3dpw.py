@@ -7,12 +7,10 @@ python shards/pack_3dpw.py --root DIR --split {train,validation,test} --out shar
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-from pare.data.pack import pack_3dpw
-from pare.data.readers import DatasetLayoutError
-from pare.data.shard_writer import PackError, add_shard_arguments, shard_options
+from pare.data.pack import pack_3dpw, run_cli
+from pare.data.shard_writer import add_shard_arguments, shard_options
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,15 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     add_shard_arguments(parser)
     args = parser.parse_args(argv)
     out = args.out or Path("shards/out/3dpw") / args.split
-    try:
-        result = pack_3dpw(args.root, args.split, out, args.body_model, shard_options(args))
-    except (DatasetLayoutError, FileNotFoundError, PackError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(
-        f"{result['samples']} samples -> {result['manifest']}; skipped: {result['skipped'] or 'none'}"
-    )
-    return 0
+    return run_cli(pack_3dpw, args.root, args.split, out, args.body_model, shard_options(args))
 
 
 if __name__ == "__main__":

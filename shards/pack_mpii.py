@@ -7,12 +7,10 @@ python shards/pack_mpii.py --root DIR --split {train,val} --out shards/mpii/<spl
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-from pare.data.pack import pack_mpii
-from pare.data.readers import DatasetLayoutError
-from pare.data.shard_writer import PackError, add_shard_arguments, shard_options
+from pare.data.pack import pack_mpii, run_cli
+from pare.data.shard_writer import add_shard_arguments, shard_options
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,25 +35,18 @@ def main(argv: list[str] | None = None) -> int:
     add_shard_arguments(parser)
     args = parser.parse_args(argv)
     out = args.out or Path("shards/out/mpii") / args.split
-    try:
-        val = set(args.val_list.read_text().split()) if args.val_list else None
-        result = pack_mpii(
-            args.root,
-            args.split,
-            out,
-            args.body_model,
-            shard_options(args),
-            args.eft,
-            args.min_joints,
-            val,
-        )
-    except (DatasetLayoutError, FileNotFoundError, PackError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(
-        f"{result['samples']} samples -> {result['manifest']}; skipped: {result['skipped'] or 'none'}"
+    val = set(args.val_list.read_text().split()) if args.val_list else None
+    return run_cli(
+        pack_mpii,
+        args.root,
+        args.split,
+        out,
+        args.body_model,
+        shard_options(args),
+        args.eft,
+        args.min_joints,
+        val,
     )
-    return 0
 
 
 if __name__ == "__main__":

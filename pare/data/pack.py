@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ from scipy.spatial.transform import Rotation
 
 from pare.body.joints import MPII_16, OPENPOSE_18, to_unified
 from pare.data.readers import (
+    DatasetLayoutError,
     PersonFrame3DPW,
     PersonMPII,
     Skips,
@@ -34,7 +36,7 @@ from pare.data.samples import (
     transform_keypoints,
 )
 from pare.data.scene import BodyModels
-from pare.data.shard_writer import ShardOptions, write_manifest, write_shards
+from pare.data.shard_writer import PackError, ShardOptions, write_manifest, write_shards
 
 log = logging.getLogger(__name__)
 JPEG_QUALITY = 95
@@ -119,15 +121,8 @@ def pack_3dpw(root: Path, split: str, out: Path, body_model: str, options: Shard
         "maxsize": options.maxsize,
         "seed": options.seed,
     }
-    fingerprint = {k: v for k, v in arguments.items() if k != "root"} | {"records": len(records)}
     factory = functools.partial(_make_3dpw_builder, body_model)
-    shards = write_shards(records, factory, out, f"3dpw-{split}", options, fingerprint, skips)
-    manifest = write_manifest(out, "3dpw", split, arguments, shards, skips)
-    return {
-        "manifest": manifest,
-        "samples": sum(s["nsamples"] for s in shards),
-        "skipped": skips.counts,
-    }
+    return _pack(records, factory, out, "3dpw", split, arguments, options, skips)
 
 
 class MPIIBuilder:
@@ -250,14 +245,41 @@ def pack_mpii(
         "maxsize": options.maxsize,
         "seed": options.seed,
     }
-    fingerprint = {k: v for k, v in arguments.items() if k != "root"} | {"records": len(people)}
     factory = functools.partial(
         _make_mpii_builder, str(root), body_model, str(eft) if eft else None
     )
-    shards = write_shards(people, factory, out, f"mpii-{split}", options, fingerprint, skips)
-    manifest = write_manifest(out, "mpii", split, arguments, shards, skips)
+    return _pack(people, factory, out, "mpii", split, arguments, options, skips)
+
+
+def _pack(
+    records,
+    factory,
+    out: Path,
+    dataset: str,
+    split: str,
+    arguments: dict,
+    options: ShardOptions,
+    skips: Skips,
+) -> dict:
+    """Write the shards and the manifest; a rerun with other arguments starts afresh."""
+    fingerprint = {k: v for k, v in arguments.items() if k != "root"} | {"records": len(records)}
+    shards = write_shards(records, factory, out, f"{dataset}-{split}", options, fingerprint, skips)
+    manifest = write_manifest(out, dataset, split, arguments, shards, skips)
     return {
         "manifest": manifest,
         "samples": sum(s["nsamples"] for s in shards),
         "skipped": skips.counts,
     }
+
+
+def run_cli(pack, *args) -> int:
+    """Run a packer for an entry point: a one-line summary, or ``error: ...`` and exit code 2."""
+    try:
+        result = pack(*args)
+    except (DatasetLayoutError, FileNotFoundError, PackError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(
+        f"{result['samples']} samples -> {result['manifest']}; skipped: {result['skipped'] or 'none'}"
+    )
+    return 0
