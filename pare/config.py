@@ -16,7 +16,7 @@ import difflib
 import os
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any, get_args, get_origin, get_type_hints
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -59,30 +59,46 @@ class AugmentConfig:
     scale_std: float = 0.25
     scale_min: float = 0.75
     scale_max: float = 1.25
-    occlusion_prob: float = 0.0
+    translation: float = 0.0  # box-centre shift, uniform in +-translation box sides
+    occlusion_prob: float = 0.0  # synthetic textured patches (PARE pastes objects)
+
+
+@dataclass
+class DatasetSource:
+    """One packed dataset: a split folder (with manifest.json), a manifest, or shard URLs."""
+
+    name: str = "3dpw"
+    path: str = "shards/out/3dpw/train"
+    weight: float = 1.0
 
 
 @dataclass
 class DataConfig:
     """Shards to stream and how to batch them (batch_size is per process)."""
 
-    shards_dir: str = "shards/out"
-    train_datasets: list[str] = field(default_factory=lambda: ["3dpw", "mpii"])
-    train_weights: list[float] = field(default_factory=lambda: [0.5, 0.5])
-    val_dataset: str = "3dpw"
+    train: list[DatasetSource] = field(
+        default_factory=lambda: [
+            DatasetSource("3dpw", "shards/out/3dpw/train", 0.6),
+            DatasetSource("mpii", "shards/out/mpii/train", 0.4),
+        ]
+    )
+    val: list[DatasetSource] = field(
+        default_factory=lambda: [DatasetSource("3dpw", "shards/out/3dpw/validation", 1.0)]
+    )
     crop_size: int = 224
     heatmap_size: int = 56
     batch_size: int = 32
     num_workers: int = 4
     shuffle_buffer: int = 1000
+    steps_per_epoch: int = 1000
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def __post_init__(self) -> None:
-        if len(self.train_weights) != len(self.train_datasets):
-            raise ConfigError(
-                f"data.train_weights has {len(self.train_weights)} entries but data.train_datasets "
-                f"has {len(self.train_datasets)}; give one weight per dataset"
-            )
+        if not self.train:
+            raise ConfigError("data.train is empty; list at least one {name, path, weight}")
+        for i, source in enumerate(self.train):
+            if source.weight <= 0:
+                raise ConfigError(f"data.train[{i}].weight={source.weight} must be positive")
 
 
 @dataclass
@@ -194,6 +210,10 @@ def _check_keys(override: Any, schema: type, prefix: str, source: str) -> None:
             )
             raise ConfigError(f"{source}: unknown config key '{path}'; {hint}")
         sub_type = get_type_hints(schema)[key]
+        if get_origin(sub_type) is list and is_dataclass(get_args(sub_type)[0]):
+            for i, item in enumerate(value if isinstance(value, list) else []):
+                _check_keys(item, get_args(sub_type)[0], f"{path}[{i}].", source)
+            continue
         if is_dataclass(sub_type):
             if not isinstance(value, dict):
                 raise ConfigError(f"{source}: '{path}' is a section; give it keys, not {value!r}")

@@ -52,6 +52,14 @@ def test_yaml_then_cli_precedence(tmp_path):
         ),
         (["train.mixed_precision=fp32"], r"train\.mixed_precision"),
         (["optim=1"], r"'optim' is a section"),
+        (
+            ["data.train=[{name: 3dpw, pth: x}]"],
+            r"unknown config key 'data\.train\[0\]\.pth'; did you mean data\.train\[0\]\.path",
+        ),
+        (
+            ["data.train=[{name: 3dpw, weight: 0}]"],
+            r"data\.train\[0\]\.weight=0.0 must be positive",
+        ),
         (["optim.lr"], r"not of the form key=value"),
     ],
 )
@@ -78,8 +86,7 @@ def test_save_and_reload_round_trip(tmp_path):
         [
             "optim.lr=3e-4",
             "logging.tags=[a,b]",
-            "data.train_datasets=[3dpw]",
-            "data.train_weights=[1.0]",
+            "data.train=[{name: 3dpw, path: x, weight: 1.0}]",
         ],
     )
     path = save_config(cfg, tmp_path / "run" / "config.yaml")

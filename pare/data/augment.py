@@ -1,0 +1,163 @@
+"""PARE's training augmentation on a decoded shard sample, and the crop to the model input.
+
+Everything that describes the person moves together: image, 2D keypoints, part labels, SMPL
+pose, 3D joints and crop intrinsics. One affine map (scale, rotation, translation) takes the
+stored crop to the model input; a horizontal flip mirrors the result and swaps left and right.
+
+Conventions: the stored crop is square, side S, with the person box (side S / 2) centred in it.
+Rotation is counter-clockwise on screen by ``rotation_deg``; with image y pointing down this is a
+rotation of the camera-frame body about the optical axis by the negative angle.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+from scipy.spatial.transform import Rotation
+
+from pare.body.joints import H36M_FLIP, SMPL_FLIP, UNIFIED_FLIP
+
+# Part label l (1..24, 0 background) after a flip: the mirrored part.
+PART_LABEL_FLIP = np.concatenate([[0], SMPL_FLIP + 1]).astype(np.uint8)
+
+
+@dataclass
+class AugmentParams:
+    """One draw of the augmentation (identity by default)."""
+
+    scale: float = 1.0  # >1 zooms out (the box covers less of the output)
+    rotation_deg: float = 0.0
+    shift: tuple[float, float] = (0.0, 0.0)  # box centre offset, in box sides
+    flip: bool = False
+    color: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    occlusion: tuple[float, float, float, float] | None = None  # x, y, w, h in output fractions
+
+
+def draw_params(rng: np.random.Generator, cfg) -> AugmentParams:
+    """Sample augmentation parameters from an :class:`pare.config.AugmentConfig`."""
+    scale = float(np.clip(rng.normal(1.0, cfg.scale_std), cfg.scale_min, cfg.scale_max))
+    rotation = 0.0
+    if rng.random() < cfg.rotation_prob:
+        rotation = float(
+            np.clip(
+                rng.normal(0.0, cfg.rotation_std_deg), -cfg.rotation_max_deg, cfg.rotation_max_deg
+            )
+        )
+    shift = tuple(float(v) for v in rng.uniform(-cfg.translation, cfg.translation, 2))
+    color = tuple(float(v) for v in rng.uniform(1 - cfg.color_scale, 1 + cfg.color_scale, 3))
+    occlusion = None
+    if rng.random() < cfg.occlusion_prob:
+        w, h = rng.uniform(0.15, 0.45, 2)
+        occlusion = (float(rng.uniform(0, 1 - w)), float(rng.uniform(0, 1 - h)), float(w), float(h))
+    return AugmentParams(
+        scale, rotation, shift, bool(rng.random() < cfg.flip_prob), color, occlusion
+    )
+
+
+def input_matrix(stored_size: int, out_size: int, params: AugmentParams) -> np.ndarray:
+    """(3, 3) map from stored-crop pixels to model-input pixels (before the flip)."""
+    box = stored_size / 2.0 * params.scale
+    cx = stored_size / 2.0 + params.shift[0] * stored_size / 2.0
+    cy = stored_size / 2.0 + params.shift[1] * stored_size / 2.0
+    k = out_size / box
+    theta = -math.radians(params.rotation_deg)  # y down: counter-clockwise on screen
+    c, s = math.cos(theta), math.sin(theta)
+    a = np.array([[k * c, -k * s], [k * s, k * c]])
+    t = out_size / 2.0 - a @ [cx, cy]
+    return np.array([[a[0, 0], a[0, 1], t[0]], [a[1, 0], a[1, 1], t[1]], [0, 0, 1.0]])
+
+
+def _warp(image: np.ndarray, matrix: np.ndarray, size: int, resample) -> np.ndarray:
+    inverse = np.linalg.inv(matrix)
+    pil = Image.fromarray(image).transform(
+        (size, size), Image.Transform.AFFINE, data=tuple(inverse[:2].reshape(-1)), resample=resample
+    )
+    return np.asarray(pil)
+
+
+def flip_pose(pose: np.ndarray) -> np.ndarray:
+    """SMPL axis-angle (72,) of the mirrored body: swap sides, negate the y and z components."""
+    p = pose.reshape(24, 3)[SMPL_FLIP].copy()
+    p[:, 1:] *= -1
+    return p.reshape(72)
+
+
+def augment(sample: dict, params: AugmentParams, out_size: int = 224, label_size: int = 56) -> dict:
+    """Apply ``params`` to a decoded sample (see :func:`pare.data.stream.decode_sample`).
+
+    Returns new arrays: ``image`` (out, out, 3) uint8, ``part_labels`` (label, label) uint8,
+    ``keypoints_2d`` in input pixels, and the SMPL, 3D joints and intrinsics moved accordingly.
+    """
+    image = sample["image"]
+    m = input_matrix(image.shape[0], out_size, params)
+    out = dict(sample)
+    out["image"] = _warp(image, m, out_size, Image.Resampling.BILINEAR)
+    if sample.get("parts") is not None:
+        label_m = np.diag([label_size / out_size, label_size / out_size, 1.0]) @ m
+        out["part_labels"] = _warp(sample["parts"], label_m, label_size, Image.Resampling.NEAREST)
+    else:
+        out["part_labels"] = np.zeros((label_size, label_size), np.uint8)
+    kp = sample["keypoints_2d"].copy()
+    present = kp[:, 2] > 0
+    kp[:, :2] = kp[:, :2] @ m[:2, :2].T + m[:2, 2]
+    kp[~present] = 0
+    # The body turns about the optical axis with the image (the intrinsics stay a pinhole).
+    turn = Rotation.from_euler("z", -params.rotation_deg, degrees=True)
+    rz = turn.as_matrix()
+    pose = sample["pose"].copy()
+    pose[:3] = (turn * Rotation.from_rotvec(pose[:3])).as_rotvec()
+    joints, h36m = sample["joints_3d"] @ rz.T, sample["h36m_3d"] @ rz.T
+    # Intrinsics of the input: the scale and shift of m (its rotation went into the body).
+    k = sample["intrinsics"]
+    scale = out_size / (image.shape[0] / 2.0 * params.scale)
+    centre = m[:2, :2] @ k[:2, 2] + m[:2, 2]
+    intrinsics = np.array(
+        [[k[0, 0] * scale, 0, centre[0]], [0, k[1, 1] * scale, centre[1]], [0, 0, 1.0]]
+    )
+    if params.color != (1.0, 1.0, 1.0):
+        out["image"] = np.clip(out["image"] * np.asarray(params.color, np.float32), 0, 255).astype(
+            np.uint8
+        )
+    if params.occlusion is not None:
+        out["image"] = occlude(out["image"], params.occlusion)
+    out.update(keypoints_2d=kp, pose=pose, joints_3d=joints, h36m_3d=h36m, intrinsics=intrinsics)
+    out["image"] = np.ascontiguousarray(out["image"])
+    return flip(out, out_size) if params.flip else out
+
+
+def flip(sample: dict, size: int) -> dict:
+    """Mirror an input-sized sample: image and part map (labels swap sides), keypoints (permuted,
+    x -> size - x), SMPL pose, 3D joints (x -> -x) and the principal point. Its own inverse."""
+    out = dict(sample)
+    out["image"] = np.ascontiguousarray(sample["image"][:, ::-1])
+    out["part_labels"] = np.ascontiguousarray(PART_LABEL_FLIP[sample["part_labels"][:, ::-1]])
+    kp = sample["keypoints_2d"][UNIFIED_FLIP].copy()
+    present = kp[:, 2] > 0
+    kp[present, 0] = size - kp[present, 0]
+    out["keypoints_2d"] = kp
+    out["pose"] = flip_pose(sample["pose"])
+    out["joints_3d"] = sample["joints_3d"][SMPL_FLIP] * [-1, 1, 1]
+    out["h36m_3d"] = sample["h36m_3d"][H36M_FLIP] * [-1, 1, 1]
+    intrinsics = sample["intrinsics"].copy()
+    intrinsics[0, 2] = size - intrinsics[0, 2]
+    out["intrinsics"] = intrinsics
+    return out
+
+
+def occlude(image: np.ndarray, box: tuple[float, float, float, float]) -> np.ndarray:
+    """Paste a random textured patch (stripes and noise from the box itself, no external data)."""
+    h, w = image.shape[:2]
+    x0, y0 = int(box[0] * w), int(box[1] * h)
+    x1, y1 = min(w, x0 + max(1, int(box[2] * w))), min(h, y0 + max(1, int(box[3] * h)))
+    seed = (x0 * 7919 + y0 * 104729 + int(image[h // 2, w // 2].sum())) % (2**32)
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[y0:y1, x0:x1]
+    base = rng.uniform(0, 255, 3)
+    stripes = 0.5 + 0.5 * np.sin(xx * rng.uniform(0.1, 0.6) + yy * rng.uniform(0.1, 0.6))
+    patch = base * (0.6 + 0.4 * stripes[..., None]) + rng.normal(0, 12, (y1 - y0, x1 - x0, 3))
+    out = image.copy()
+    out[y0:y1, x0:x1] = np.clip(patch, 0, 255).astype(np.uint8)
+    return out

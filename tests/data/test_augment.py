@@ -1,0 +1,125 @@
+"""Augmentation keeps every target on the person: checked by re-rendering the body."""
+
+import tarfile
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pare.body import build_body_model, load_eval_assets
+from pare.config import AugmentConfig
+from pare.data.augment import AugmentParams, augment, draw_params, flip
+from pare.data.stream import decode_sample
+from pare.render import Camera, Mesh, render
+
+GENDERS = {0: "neutral", 1: "male", 2: "female"}
+
+
+def _decoded(folder, limit=8):
+    out = []
+    for shard in sorted(folder.glob("*.tar")):
+        with tarfile.open(shard) as tar:
+            members = {}
+            for m in tar:
+                key, _, ext = m.name.partition(".")
+                members.setdefault(key, {"__key__": key})[ext] = tar.extractfile(m).read()
+        out += [decode_sample(raw) for raw in members.values()]
+        if len(out) >= limit:
+            return out[:limit]
+    return out
+
+
+def test_flip_twice_is_the_identity(packed):
+    base = augment(_decoded(packed / "3dpw", 1)[0], AugmentParams(rotation_deg=20, scale=1.1))
+    twice = flip(flip(base, 224), 224)
+    for key in ("image", "part_labels"):
+        np.testing.assert_array_equal(twice[key], base[key], err_msg=key)
+    for key in (
+        "keypoints_2d",
+        "joints_3d",
+        "h36m_3d",
+        "pose",
+        "intrinsics",
+    ):  # float32: 224 - (224 - x)
+        np.testing.assert_allclose(twice[key], base[key], atol=1e-4, err_msg=key)
+    once = flip(base, 224)
+    assert not np.array_equal(once["image"], base["image"])
+    assert set(np.unique(once["part_labels"])) - {0} != set()  # labels swapped, still parts
+
+
+def test_augment_with_flip_is_flip_after_augment(packed):
+    sample = _decoded(packed / "3dpw", 1)[0]
+    a = augment(sample, AugmentParams(rotation_deg=-15, flip=True))
+    b = flip(augment(sample, AugmentParams(rotation_deg=-15)), 224)
+    for key in ("image", "part_labels", "keypoints_2d", "joints_3d", "pose", "intrinsics"):
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_targets_stay_on_the_rendered_person(packed, seed):
+    """After random augmentation: 2D keypoints equal the projected 3D joints, and the part map
+    equals a fresh render of the SMPL body placed by the augmented targets."""
+    cfg = AugmentConfig(rotation_prob=1.0, translation=0.1, occlusion_prob=0.5)
+    rng = np.random.default_rng(seed)
+    labels = load_eval_assets("standin").part_labels
+    models = {}
+    agreement = []
+    for sample in _decoded(packed / "3dpw", 6):
+        params = draw_params(rng, cfg)
+        out = augment(sample, params)
+        uvw = out["joints_3d"] @ out["intrinsics"].T
+        proj = uvw[:, :2] / uvw[:, 2:]
+        for unified, smpl in ((2, 17), (3, 19), (5, 16), (6, 18), (8, 2), (9, 5), (11, 1), (12, 4)):
+            if out["keypoints_2d"][unified, 2] > 0:
+                assert np.hypot(*(out["keypoints_2d"][unified, :2] - proj[smpl])) < 1e-3
+        gender = GENDERS[int(out["gender"])]
+        model = models.setdefault(gender, build_body_model("standin", gender=gender))
+        pose = torch.tensor(out["pose"][None], dtype=torch.float32)
+        with torch.no_grad():
+            body = model(
+                betas=torch.tensor(out["betas"][None], dtype=torch.float32),
+                global_orient=pose[:, :3],
+                body_pose=pose[:, 3:],
+            )
+        shift = out["joints_3d"][0] - body.joints[0, 0].numpy()
+        verts = body.vertices[0].double().numpy() + shift
+        k = np.diag([56 / 224, 56 / 224, 1.0]) @ out["intrinsics"]
+        fresh = render(
+            [Mesh(verts, model.faces.astype(np.int64), labels)],
+            Camera(k, np.eye(3), np.zeros(3), 56, 56),
+        ).parts
+        person = (fresh > 0) | (out["part_labels"] > 0)
+        agreement.append((fresh[person] == out["part_labels"][person]).mean())
+    assert np.mean(agreement) > 0.85
+
+
+def test_colour_and_occlusion_change_only_the_image(packed):
+    sample = _decoded(packed / "3dpw", 1)[0]
+    plain = augment(sample, AugmentParams())
+    styled = augment(sample, AugmentParams(color=(0.7, 1.2, 1.0), occlusion=(0.2, 0.2, 0.3, 0.3)))
+    assert not np.array_equal(plain["image"], styled["image"])
+    for key in ("keypoints_2d", "part_labels", "pose", "joints_3d"):
+        np.testing.assert_array_equal(plain[key], styled[key])
+
+
+def test_augmented_example_is_saved(packed, test_output):
+    rng = np.random.default_rng(0)
+    tiles = []
+    for sample in _decoded(packed / "3dpw", 4):
+        out = augment(sample, draw_params(rng, AugmentConfig(rotation_prob=1.0)))
+        image = out["image"].astype(float)
+        labels = np.asarray(
+            Image.fromarray(out["part_labels"]).resize((224, 224), Image.Resampling.NEAREST)
+        )
+        image[labels > 0] = 0.6 * image[labels > 0] + [0, 100, 0]
+        for x, y, c in out["keypoints_2d"]:
+            if c > 0 and 0 <= x < 224 and 0 <= y < 224:
+                image[max(0, int(y) - 2) : int(y) + 3, max(0, int(x) - 2) : int(x) + 3] = [
+                    255,
+                    0,
+                    0,
+                ]
+        tiles.append(image.clip(0, 255).astype(np.uint8))
+    Image.fromarray(np.concatenate(tiles, 1)).save(test_output / "augmented_3dpw.png")
+    assert (test_output / "augmented_3dpw.png").stat().st_size > 1000
