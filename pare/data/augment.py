@@ -16,7 +16,6 @@ from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
-from scipy.spatial.transform import Rotation
 
 from pare.body.joints import H36M_FLIP, SMPL_FLIP, UNIFIED_FLIP
 
@@ -78,6 +77,38 @@ def _warp(image: np.ndarray, matrix: np.ndarray, size: int, resample) -> np.ndar
     return np.asarray(pil)
 
 
+def _warp_image(image: np.ndarray, matrix: np.ndarray, size: int, axis_aligned: bool) -> np.ndarray:
+    """Bilinear warp; an unrotated map that stays inside the image is a plain box resize, which
+    PIL does about three times faster than a general affine transform."""
+    if axis_aligned:
+        inverse = np.linalg.inv(matrix)
+        x0, y0 = inverse[0, 2], inverse[1, 2]
+        x1, y1 = x0 + inverse[0, 0] * size, y0 + inverse[1, 1] * size
+        h, w = image.shape[:2]
+        if 0 <= x0 and 0 <= y0 and x1 <= w and y1 <= h:
+            box = (float(x0), float(y0), float(x1), float(y1))
+            return np.asarray(
+                Image.fromarray(image).resize((size, size), Image.Resampling.BILINEAR, box=box)
+            )
+    return _warp(image, matrix, size, Image.Resampling.BILINEAR)
+
+
+def turn_about_z(rotvec: np.ndarray, angle: float) -> np.ndarray:
+    """Axis-angle of R_z(angle) @ R(rotvec), via unit quaternions (exact at any angle, and far
+    cheaper per sample than building rotation objects)."""
+    theta = float(np.linalg.norm(rotvec))
+    half = 0.5 * theta
+    w1, v1 = math.cos(half), rotvec * (math.sin(half) / theta if theta > 1e-12 else 0.5)
+    w2, z2 = math.cos(0.5 * angle), math.sin(0.5 * angle)
+    # (w2, 0, 0, z2) * (w1, v1)
+    w = w2 * w1 - z2 * v1[2]
+    v = np.array([w2 * v1[0] - z2 * v1[1], w2 * v1[1] + z2 * v1[0], w2 * v1[2] + z2 * w1])
+    if w < 0:
+        w, v = -w, -v
+    s = float(np.linalg.norm(v))
+    return v * (2.0 * math.atan2(s, w) / s) if s > 1e-12 else 2.0 * v
+
+
 def flip_pose(pose: np.ndarray) -> np.ndarray:
     """SMPL axis-angle (72,) of the mirrored body: swap sides, negate the y and z components."""
     p = pose.reshape(24, 3)[SMPL_FLIP].copy()
@@ -94,9 +125,16 @@ def augment(sample: dict, params: AugmentParams, out_size: int = 224, label_size
     image = sample["image"]
     m = input_matrix(image.shape[0], out_size, params)
     out = dict(sample)
-    out["image"] = _warp(image, m, out_size, Image.Resampling.BILINEAR)
+    out["image"] = _warp_image(image, m, out_size, params.rotation_deg == 0)
     if sample.get("parts") is not None:
-        label_m = np.diag([label_size / out_size, label_size / out_size, 1.0]) @ m
+        stored = (
+            image.shape[0] / sample["parts"].shape[0]
+        )  # part maps are stored at lower resolution
+        label_m = (
+            np.diag([label_size / out_size, label_size / out_size, 1.0])
+            @ m
+            @ np.diag([stored, stored, 1.0])
+        )
         out["part_labels"] = _warp(sample["parts"], label_m, label_size, Image.Resampling.NEAREST)
     else:
         out["part_labels"] = np.zeros((label_size, label_size), np.uint8)
@@ -105,10 +143,12 @@ def augment(sample: dict, params: AugmentParams, out_size: int = 224, label_size
     kp[:, :2] = kp[:, :2] @ m[:2, :2].T + m[:2, 2]
     kp[~present] = 0
     # The body turns about the optical axis with the image (the intrinsics stay a pinhole).
-    turn = Rotation.from_euler("z", -params.rotation_deg, degrees=True)
-    rz = turn.as_matrix()
+    psi = -math.radians(params.rotation_deg)
+    rz = np.array(
+        [[math.cos(psi), -math.sin(psi), 0.0], [math.sin(psi), math.cos(psi), 0.0], [0.0, 0.0, 1.0]]
+    )
     pose = sample["pose"].copy()
-    pose[:3] = (turn * Rotation.from_rotvec(pose[:3])).as_rotvec()
+    pose[:3] = turn_about_z(pose[:3], psi)
     joints, h36m = sample["joints_3d"] @ rz.T, sample["h36m_3d"] @ rz.T
     # Intrinsics of the input: the scale and shift of m (its rotation went into the body).
     k = sample["intrinsics"]

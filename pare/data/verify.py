@@ -12,7 +12,7 @@ import numpy as np
 import simplejpeg
 from PIL import Image
 
-from pare.data.samples import NPZ_FIELDS
+from pare.data.samples import NPZ_FIELDS, label_size
 from pare.data.shard_writer import MANIFEST
 
 
@@ -93,7 +93,8 @@ def _check_sample(members: dict[str, bytes]) -> list[str]:
         return [f"npz does not load ({e})"]
     if "png" in members:
         parts = np.asarray(Image.open(io.BytesIO(members["png"])))
-        if parts.shape != image.shape[:2] or parts.max() > 24:
+        expected = (label_size(image.shape[0]), label_size(image.shape[1]))
+        if parts.shape != expected or parts.max() > 24:
             problems.append(
                 f"png part map {parts.shape} (max {parts.max()}) does not fit the {image.shape[:2]} crop"
             )

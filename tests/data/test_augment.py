@@ -1,5 +1,6 @@
 """Augmentation keeps every target on the person: checked by re-rendering the body."""
 
+import io
 import tarfile
 
 import numpy as np
@@ -123,3 +124,55 @@ def test_augmented_example_is_saved(packed, test_output):
         tiles.append(image.clip(0, 255).astype(np.uint8))
     Image.fromarray(np.concatenate(tiles, 1)).save(test_output / "augmented_3dpw.png")
     assert (test_output / "augmented_3dpw.png").stat().st_size > 1000
+
+
+def test_fast_resize_path_matches_the_affine_warp():
+    from pare.data.augment import _warp, _warp_image, input_matrix
+
+    rng = np.random.default_rng(0)
+    noise = rng.uniform(0, 255, (40, 40, 3)).astype(np.uint8)
+    smooth = np.asarray(Image.fromarray(noise).resize((320, 320), Image.Resampling.BILINEAR))
+    m = input_matrix(320, 224, AugmentParams(scale=1.15, shift=(0.05, -0.03)))
+    fast = _warp_image(smooth, m, 224, axis_aligned=True).astype(float)
+    general = _warp(smooth, m, 224, Image.Resampling.BILINEAR).astype(float)
+    assert np.abs(fast - general).mean() < 1.0 and np.abs(fast - general).max() <= 4
+
+
+def test_read_npz_equals_np_load(packed):
+    from pare.data.stream import read_npz
+
+    checked = 0
+    for shard in sorted((packed / "mpii").glob("*.tar")) + sorted((packed / "3dpw").glob("*.tar")):
+        with tarfile.open(shard) as tar:
+            for m in tar:
+                if m.name.endswith(".npz"):
+                    data = tar.extractfile(m).read()
+                    ours = read_npz(data)
+                    with np.load(io.BytesIO(data), allow_pickle=False) as ref:
+                        assert set(ours) == set(ref.files)
+                        for k in ref.files:
+                            assert ours[k].dtype == ref[k].dtype and ours[k].shape == ref[k].shape
+                            np.testing.assert_array_equal(ours[k], ref[k])
+                    checked += 1
+    buf = io.BytesIO()
+    np.savez_compressed(buf, a=np.arange(5))  # compressed members take the np.load route
+    np.testing.assert_array_equal(read_npz(buf.getvalue())["a"], np.arange(5))
+    assert checked > 20
+
+
+def test_turn_about_z_matches_scipy():
+    from scipy.spatial.transform import Rotation
+
+    from pare.data.augment import turn_about_z
+
+    rng = np.random.default_rng(1)
+    vecs = list(rng.normal(size=(200, 3))) + [
+        np.zeros(3),
+        np.array([0, 0, np.pi]),
+        np.array([np.pi, 0, 0]),
+    ]
+    for v in vecs:
+        angle = float(rng.uniform(-np.pi, np.pi))
+        ours = Rotation.from_rotvec(turn_about_z(np.asarray(v, float), angle)).as_matrix()
+        ref = (Rotation.from_euler("z", angle) * Rotation.from_rotvec(v)).as_matrix()
+        np.testing.assert_allclose(ours, ref, atol=1e-10)

@@ -71,7 +71,10 @@ def test_keypoints_and_part_labels_line_up_with_the_person(packed, test_output):
         image = np.asarray(Image.open(io.BytesIO(s["jpg"])))
         parts = np.asarray(Image.open(io.BytesIO(s["png"])))
         z = np.load(io.BytesIO(s["npz"]))
-        assert image.shape[:2] == parts.shape and image.shape[0] == image.shape[1] <= 320
+        assert (
+            image.shape[0] == image.shape[1] <= 320
+            and parts.shape == ((image.shape[0] + 1) // 2,) * 2
+        )
         # Independent geometry: the crop intrinsics project the camera-frame joints onto the
         # stored 2D keypoints (OpenPose joints that are SMPL joints).
         uvw = z["joints_3d"] @ z["intrinsics"].T
@@ -79,13 +82,18 @@ def test_keypoints_and_part_labels_line_up_with_the_person(packed, test_output):
         for unified, smpl in ((2, 17), (3, 19), (5, 16), (6, 18), (8, 2), (9, 5), (11, 1), (12, 4)):
             if z["keypoints_2d"][unified, 2] > 0:
                 assert np.hypot(*(z["keypoints_2d"][unified, :2] - proj[smpl])) < 1.0, key
-        # Keypoints land on the rendered person: its part map, within 2 px.
+        # Keypoints land on the rendered person: its (half-resolution) part map, within 2 px.
+        half = parts.shape[0] / image.shape[0]
         for x, y, c in z["keypoints_2d"]:
+            x, y = x * half, y * half
             if c > 0 and 2 <= x < parts.shape[1] - 2 and 2 <= y < parts.shape[0] - 2:
                 total += 1
                 on_body += parts[int(y) - 2 : int(y) + 3, int(x) - 2 : int(x) + 3].any()
         # And the part map covers the person in the image (differs from the backdrop).
         if len(tiles) < 4:
+            parts = np.asarray(
+                Image.fromarray(parts).resize(image.shape[1::-1], Image.Resampling.NEAREST)
+            )
             overlay = image.astype(float)
             overlay[parts > 0] = 0.5 * overlay[parts > 0] + [127, 0, 127]
             tiles.append(overlay.clip(0, 255).astype(np.uint8))
