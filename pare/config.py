@@ -61,6 +61,7 @@ class AugmentConfig:
     scale_max: float = 1.25
     translation: float = 0.0  # box-centre shift, uniform in +-translation box sides
     occlusion_prob: float = 0.0  # synthetic textured patches (PARE pastes objects)
+    extreme_crop_prob: float = 0.0  # crop to upper body, lower body or head and shoulders
 
 
 @dataclass
@@ -91,6 +92,7 @@ class DataConfig:
     num_workers: int = 4
     shuffle_buffer: int = 1000
     steps_per_epoch: int = 1000
+    cache_dir: str = ""  # local copies of remote shards (URLs, pipe: commands); empty = none
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def __post_init__(self) -> None:

@@ -17,7 +17,37 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from pare.body.joints import H36M_FLIP, SMPL_FLIP, UNIFIED_FLIP
+from pare.body.joints import H36M_FLIP, SMPL_FLIP, UNIFIED, UNIFIED_FLIP
+
+# Extreme crops (as in PARE/EFT's training): the box around a subset of the UNIFIED keypoints.
+EXTREME_CROPS = {
+    "upper_body": tuple(
+        UNIFIED.index(n)
+        for n in UNIFIED
+        if not n.endswith(("hip", "knee", "ankle")) and n != "pelvis"
+    ),
+    "head_shoulders": tuple(
+        UNIFIED.index(n)
+        for n in UNIFIED
+        if n
+        in (
+            "nose",
+            "neck",
+            "right_eye",
+            "left_eye",
+            "right_ear",
+            "left_ear",
+            "upper_neck",
+            "head_top",
+            "right_shoulder",
+            "left_shoulder",
+            "thorax",
+        )
+    ),
+    "lower_body": tuple(
+        UNIFIED.index(n) for n in UNIFIED if n.endswith(("hip", "knee", "ankle")) or n == "pelvis"
+    ),
+}
 
 # Part label l (1..24, 0 background) after a flip: the mirrored part.
 PART_LABEL_FLIP = np.concatenate([[0], SMPL_FLIP + 1]).astype(np.uint8)
@@ -33,6 +63,7 @@ class AugmentParams:
     flip: bool = False
     color: tuple[float, float, float] = (1.0, 1.0, 1.0)
     occlusion: tuple[float, float, float, float] | None = None  # x, y, w, h in output fractions
+    extreme: str | None = None  # crop to a body region: one of EXTREME_CROPS
 
 
 def draw_params(rng: np.random.Generator, cfg) -> AugmentParams:
@@ -56,11 +87,17 @@ def draw_params(rng: np.random.Generator, cfg) -> AugmentParams:
     )
 
 
-def input_matrix(stored_size: int, out_size: int, params: AugmentParams) -> np.ndarray:
-    """(3, 3) map from stored-crop pixels to model-input pixels (before the flip)."""
-    box = stored_size / 2.0 * params.scale
-    cx = stored_size / 2.0 + params.shift[0] * stored_size / 2.0
-    cy = stored_size / 2.0 + params.shift[1] * stored_size / 2.0
+def input_matrix(
+    stored_size: int, out_size: int, params: AugmentParams, region: tuple | None = None
+) -> np.ndarray:
+    """(3, 3) map from stored-crop pixels to model-input pixels (before the flip). ``region``
+    (cx, cy, side) replaces the person box, e.g. for an extreme crop."""
+    cx0, cy0, side = (
+        region if region is not None else (stored_size / 2.0, stored_size / 2.0, stored_size / 2.0)
+    )
+    box = side * params.scale
+    cx = cx0 + params.shift[0] * side
+    cy = cy0 + params.shift[1] * side
     k = out_size / box
     theta = -math.radians(params.rotation_deg)  # y down: counter-clockwise on screen
     c, s = math.cos(theta), math.sin(theta)
@@ -93,6 +130,17 @@ def _warp_image(image: np.ndarray, matrix: np.ndarray, size: int, axis_aligned: 
     return _warp(image, matrix, size, Image.Resampling.BILINEAR)
 
 
+def _extreme_region(keypoints: np.ndarray, name: str, stored_size: int) -> tuple | None:
+    """(cx, cy, side) around the named body region's present keypoints, or None (no change)."""
+    kp = keypoints[list(EXTREME_CROPS[name])]
+    kp = kp[kp[:, 2] > 0, :2]
+    if len(kp) < 2:
+        return None
+    lo, hi = kp.min(0), kp.max(0)
+    side = float(max(1.3 * max(hi - lo), 0.25 * stored_size / 2.0))
+    return float((lo[0] + hi[0]) / 2), float((lo[1] + hi[1]) / 2), side
+
+
 def turn_about_z(rotvec: np.ndarray, angle: float) -> np.ndarray:
     """Axis-angle of R_z(angle) @ R(rotvec), via unit quaternions (exact at any angle, and far
     cheaper per sample than building rotation objects)."""
@@ -123,7 +171,12 @@ def augment(sample: dict, params: AugmentParams, out_size: int = 224, label_size
     ``keypoints_2d`` in input pixels, and the SMPL, 3D joints and intrinsics moved accordingly.
     """
     image = sample["image"]
-    m = input_matrix(image.shape[0], out_size, params)
+    region = (
+        _extreme_region(sample["keypoints_2d"], params.extreme, image.shape[0])
+        if params.extreme
+        else None
+    )
+    m = input_matrix(image.shape[0], out_size, params, region)
     out = dict(sample)
     out["image"] = _warp_image(image, m, out_size, params.rotation_deg == 0)
     if sample.get("parts") is not None:
@@ -152,7 +205,7 @@ def augment(sample: dict, params: AugmentParams, out_size: int = 224, label_size
     joints, h36m = sample["joints_3d"] @ rz.T, sample["h36m_3d"] @ rz.T
     # Intrinsics of the input: the scale and shift of m (its rotation went into the body).
     k = sample["intrinsics"]
-    scale = out_size / (image.shape[0] / 2.0 * params.scale)
+    scale = out_size / ((region[2] if region is not None else image.shape[0] / 2.0) * params.scale)
     centre = m[:2, :2] @ k[:2, 2] + m[:2, 2]
     intrinsics = np.array(
         [[k[0, 0] * scale, 0, centre[0]], [0, k[1, 1] * scale, centre[1]], [0, 0, 1.0]]

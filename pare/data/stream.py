@@ -183,12 +183,26 @@ class _WorkerSeed:
         return _seed(self.seed, rank_and_world()[0], _worker()[0])
 
 
+def _samples_from_shards(cache_dir: str) -> list:
+    """Pipeline stages from shard URLs to samples; with ``cache_dir``, remote shards (URLs,
+    ``pipe:`` commands) are downloaded there once and read locally afterwards."""
+    if not cache_dir:
+        return [wds.tarfile_to_samples(handler=wds.warn_and_continue)]
+    return [
+        wds.cache.FileCache(cache_dir, handler=wds.warn_and_continue),
+        wds.filters.pipelinefilter(wds.tariterators.tar_file_expander)(
+            handler=wds.warn_and_continue
+        ),
+        wds.filters.pipelinefilter(wds.tariterators.group_by_keys)(handler=wds.warn_and_continue),
+    ]
+
+
 def _dataset_pipeline(source: Source, index: int, cfg, seed: int) -> wds.DataPipeline:
     return wds.DataPipeline(
         wds.ResampledShards(
             source.urls, seed=seed, worker_seed=_WorkerSeed(seed), deterministic=True
         ),
-        wds.tarfile_to_samples(handler=wds.warn_and_continue),
+        *_samples_from_shards(cfg.cache_dir),
         wds.shuffle(
             cfg.shuffle_buffer,
             initial=min(cfg.shuffle_buffer, 100),
@@ -212,6 +226,11 @@ class WeightedMix(IterableDataset):
         probs = self.weights / self.weights.sum()
         while True:
             yield next(iterators[rng.choice(len(iterators), p=probs)])
+
+
+def sources_from_config(entries) -> list[Source]:
+    """``data.train`` / ``data.val`` entries ({name, path, weight}) -> stream sources."""
+    return [Source(e.name, shard_urls(e.path), e.weight) for e in entries]
 
 
 def train_loader(

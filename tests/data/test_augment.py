@@ -61,7 +61,9 @@ def test_augment_with_flip_is_flip_after_augment(packed):
 def test_targets_stay_on_the_rendered_person(packed, seed):
     """After random augmentation: 2D keypoints equal the projected 3D joints, and the part map
     equals a fresh render of the SMPL body placed by the augmented targets."""
-    cfg = AugmentConfig(rotation_prob=1.0, translation=0.1, occlusion_prob=0.5)
+    cfg = AugmentConfig(
+        rotation_prob=1.0, translation=0.1, occlusion_prob=0.5, extreme_crop_prob=0.5
+    )
     rng = np.random.default_rng(seed)
     labels = load_eval_assets("standin").part_labels
     models = {}
@@ -176,3 +178,17 @@ def test_turn_about_z_matches_scipy():
         ours = Rotation.from_rotvec(turn_about_z(np.asarray(v, float), angle)).as_matrix()
         ref = (Rotation.from_euler("z", angle) * Rotation.from_rotvec(v)).as_matrix()
         np.testing.assert_allclose(ours, ref, atol=1e-10)
+
+
+def test_extreme_crop_zooms_on_the_region(packed):
+    sample = _decoded(packed / "3dpw", 1)[0]
+    whole = augment(sample, AugmentParams())
+    upper = augment(sample, AugmentParams(extreme="upper_body"))
+    # The upper-body keypoints spread wider in the zoomed crop than in the whole-body one.
+    idx = [2, 5, 1]  # shoulders and neck
+    spread = lambda o: np.ptp(o["keypoints_2d"][idx, :2], axis=0).max()  # noqa: E731
+    assert spread(upper) > 1.3 * spread(whole)
+    uvw = upper["joints_3d"] @ upper["intrinsics"].T
+    np.testing.assert_allclose(
+        uvw[[17, 16], :2] / uvw[[17, 16], 2:], upper["keypoints_2d"][[2, 5], :2], atol=1e-3
+    )

@@ -13,7 +13,15 @@ import pytest
 
 from pare.config import load_config
 from pare.data.batch import check_batch, normalize_images
-from pare.data.stream import Source, StreamState, WeightedMix, eval_loader, shard_urls, train_loader
+from pare.data.stream import (
+    Source,
+    StreamState,
+    WeightedMix,
+    eval_loader,
+    shard_urls,
+    sources_from_config,
+    train_loader,
+)
 
 
 def _cfg(**overrides):
@@ -90,10 +98,21 @@ def test_eval_covers_every_sample_once_on_2_ranks_x_2_workers(packed, monkeypatc
     assert again == [k for k in seen if k in set(again)]
 
 
-def test_pipe_urls_stream_too(packed):
+def test_pipe_urls_stream_too_and_can_be_cached(packed, tmp_path):
     urls = [f"pipe:cat {u}" for u in shard_urls(str(packed / "mpii"))]
     batch = next(iter(train_loader([Source("mpii", urls)], _cfg(), steps_per_epoch=1)))
     check_batch(batch)
+    cache = tmp_path / "cache"
+    loader = train_loader([Source("mpii", urls)], _cfg(cache_dir=str(cache)), steps_per_epoch=2)
+    check_batch(next(iter(loader)))
+    assert list(cache.rglob("*.tar"))  # remote shards were copied into the cache
+
+
+def test_sources_from_config(packed):
+    cfg = load_config([], [f"data.train=[{{name: a, path: {packed / 'mpii'}, weight: 2.0}}]"]).data
+    (source,) = sources_from_config(cfg.train)
+    assert source.name == "a" and source.weight == 2.0
+    assert source.urls == shard_urls(str(packed / "mpii"))
 
 
 def test_missing_manifest_is_explained(tmp_path):
