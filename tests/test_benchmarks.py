@@ -1,4 +1,4 @@
-"""The benchmark scripts run and their two implementations agree (speed is not asserted)."""
+"""The benchmark scripts run and write their JSON (speed is not asserted: benchmarks, not tests)."""
 
 import json
 import runpy
@@ -10,36 +10,38 @@ import pytest
 BENCH = Path(__file__).parents[1] / "benchmarks"
 
 
-def test_metrics_benchmark_writes_json(tmp_path, monkeypatch):
-    out = tmp_path / "metrics.json"
-    monkeypatch.setattr(
-        sys, "argv", ["bench_metrics.py", "--samples", "300", "--repeats", "1", "--out", str(out)]
-    )
-    runpy.run_path(str(BENCH / "bench_metrics.py"), run_name="__main__")
-    result = json.loads(out.read_text())
+def _run(script, args, tmp_path, monkeypatch):
+    out = tmp_path / "result.json"
+    monkeypatch.setattr(sys, "argv", [script, *args, "--out", str(out)])
+    runpy.run_path(str(BENCH / script), run_name="__main__")
+    return json.loads(out.read_text())
+
+
+def test_metrics_benchmark(tmp_path, monkeypatch):
+    result = _run("bench_metrics.py", ["--samples", "300", "--repeats", "1"], tmp_path, monkeypatch)
     assert result["samples"] == 300 and result["joints"] == 14
-    assert result["max_abs_difference"] < 1e-9
+    assert result["max_abs_difference"] < 1e-9  # the two implementations agree
     assert result["numpy_loop_s"] > 0 and result["batched_torch_s"] > 0
 
 
 @pytest.mark.slow
-def test_render_benchmark_writes_json(tmp_path, monkeypatch):
-    out = tmp_path / "render.json"
-    monkeypatch.setattr(
-        sys, "argv", ["bench_render.py", "--frames", "1", "--repeats", "1", "--out", str(out)]
-    )
-    runpy.run_path(str(BENCH / "bench_render.py"), run_name="__main__")
-    rows = json.loads(out.read_text())["rows"]
+def test_render_benchmark(tmp_path, monkeypatch):
+    rows = _run("bench_render.py", ["--frames", "1", "--repeats", "1"], tmp_path, monkeypatch)[
+        "rows"
+    ]
     assert rows[0]["what"] == "render one body 512x512"
     assert all(r["ms_per_frame"] > 0 for r in rows)
 
 
 @pytest.mark.slow
-def test_pack_benchmark_writes_json(tmp_path, monkeypatch):
-    out = tmp_path / "pack.json"
-    monkeypatch.setattr(
-        sys, "argv", ["bench_pack.py", "--sequences", "1", "--frames", "6", "--out", str(out)]
-    )
-    runpy.run_path(str(BENCH / "bench_pack.py"), run_name="__main__")
-    result = json.loads(out.read_text())
+def test_pack_benchmark(tmp_path, monkeypatch):
+    result = _run("bench_pack.py", ["--sequences", "1", "--frames", "6"], tmp_path, monkeypatch)
     assert result["samples"] > 0 and result["shard_bytes_per_sample"] > 1000
+
+
+@pytest.mark.slow
+def test_loader_benchmark(tmp_path, monkeypatch):
+    result = _run("loader.py", ["--frames", "8", "--batches", "2"], tmp_path, monkeypatch)
+    for key in ("pipeline_samples_per_s", "decode_only_samples_per_s", "per_file_samples_per_s"):
+        assert result[key] > 0
+    assert result["goal_a_over_c"] == 5.0 and result["goal_a_over_b"] == 0.6
