@@ -54,9 +54,14 @@ class SparseStub:
     def __setstate__(self, state: Any) -> None:
         self.state = state
 
+    # Dense conversion of a crafted "sparse" matrix could ask for terabytes; SMPL's is 24 x 6890.
+    MAX_DENSE_ELEMENTS = 50_000_000
+
     def to_array(self) -> np.ndarray:
         s = self.state
         shape = tuple(int(n) for n in s.get("_shape", s.get("shape", ())))
+        if len(shape) != 2 or min(shape) < 0 or shape[0] * shape[1] > self.MAX_DENSE_ELEMENTS:
+            raise ValueError(f"a sparse matrix in this pickle has an implausible shape {shape}")
         if self.format == "coo":
             row, col = np.asarray(s["row"]), np.asarray(s["col"])
             m = scipy.sparse.coo_matrix((np.asarray(s["data"]), (row, col)), shape=shape)

@@ -151,3 +151,14 @@ def test_convert_command_reports_bad_input(tmp_path, capsys):
     assert convert_main([str(bad)]) == 1
     assert "SMPL_NEUTRAL.pkl" in capsys.readouterr().err
     assert not (tmp_path / "SMPL_NEUTRAL.npz").exists()
+
+
+def test_sparse_matrix_with_an_absurd_shape_is_refused(tmp_path, small_smpl_arrays):
+    data = dict(small_smpl_arrays)
+    huge = scipy.sparse.csc_matrix((1, 1))
+    huge._shape = (10**6, 10**6)  # what a crafted file could claim, to exhaust memory
+    data["J_regressor"] = huge
+    path = tmp_path / "SMPL_NEUTRAL.pkl"
+    path.write_bytes(dumps_py2(data))
+    with pytest.raises(ValueError, match="implausible shape"):
+        read_smpl_file(path)
