@@ -8,7 +8,9 @@ reproducible, and a resumed run at a new epoch sees fresh samples.
 
 Evaluation: every sample exactly once across all ranks and workers, in a deterministic order.
 
-Shard locations are anything webdataset opens: local paths, ``pipe:`` commands, URLs.
+Shard locations are anything webdataset opens (local paths, ``pipe:`` commands, http(s), gs)
+plus every fsspec protocol (s3://, gcs://, az://, memory://, ...), registered here with
+webdataset's opener.
 """
 
 from __future__ import annotations
@@ -22,12 +24,14 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+import fsspec
 import numpy as np
 import simplejpeg
 import torch
 import webdataset as wds
 from PIL import Image
 from torch.utils.data import IterableDataset, get_worker_info
+from webdataset.gopen import gopen_schemes
 
 from pare.data.augment import AugmentParams, augment, draw_params
 from pare.data.batch import collate
@@ -42,8 +46,41 @@ class Source:
     weight: float = 1.0
 
 
+def _open_with_fsspec(url: str, mode: str = "rb", bufsize: int = 8192, **kw):
+    return fsspec.open(url, mode).open()
+
+
+def register_fsspec_protocols() -> None:
+    """Let webdataset open every URL scheme fsspec knows and webdataset itself does not (it
+    raises "unknown URL scheme" for s3:// and the like). Called on import."""
+    for protocol in fsspec.available_protocols():
+        gopen_schemes.setdefault(protocol, _open_with_fsspec)
+
+
+register_fsspec_protocols()
+
+
+def _is_fsspec_url(path: str) -> bool:
+    scheme, sep, _ = path.partition("://")
+    return bool(sep) and scheme in fsspec.available_protocols() and scheme != "file"
+
+
 def shard_urls(path: str) -> list[str]:
-    """A split folder (its manifest.json), a manifest file, a brace pattern or a single URL."""
+    """A split folder (its manifest.json), a manifest file, a brace pattern or a single URL.
+
+    Manifests on object storage (``s3://bucket/3dpw/train/manifest.json``, or the folder) are read
+    with fsspec and their shard names resolved beside them."""
+    if _is_fsspec_url(path):
+        manifest = path if path.endswith(".json") else path.rstrip("/") + "/manifest.json"
+        fs, fs_path = fsspec.core.url_to_fs(manifest)
+        if fs.exists(fs_path):
+            with fsspec.open(manifest, "rt") as f:
+                data = json.load(f)
+            base = manifest.rsplit("/", 1)[0]
+            return [f"{base}/{s['url']}" for s in data["shardlist"]]
+        if not path.endswith(".tar") and "{" not in path:
+            raise FileNotFoundError(f"{manifest} not found; pack the split and upload its folder")
+        return list(wds.shardlists.expand_urls(path))
     p = Path(path)
     manifest = p / "manifest.json" if p.is_dir() else p
     if manifest.suffix == ".json" and manifest.is_file():

@@ -1,5 +1,6 @@
 """Run by tests under `accelerate launch` (2 CPU processes): iterate the training stream over
-uneven shards and report, per rank, how many batches it saw."""
+uneven shards and report, per rank, how many batches it saw; then evaluate a split with 2 workers
+per rank and report the gathered per-sample results."""
 
 import json
 import sys
@@ -9,7 +10,8 @@ import torch
 from accelerate import Accelerator
 
 from pare.config import load_config
-from pare.data.stream import Source, shard_urls, train_loader
+from pare.data.stream import Source, eval_loader, shard_urls, train_loader
+from pare.distributed import gather_per_sample
 
 
 def main() -> None:
@@ -29,7 +31,16 @@ def main() -> None:
         total = accelerator.reduce(torch.tensor(batch["image"].shape[0]), reduction="sum")
         assert int(total) == 4 * accelerator.num_processes
     accelerator.wait_for_everyone()
-    (out / f"rank{accelerator.process_index}.json").write_text(json.dumps({"batches": count}))
+
+    keys, depth = [], []
+    for batch in eval_loader(shard_urls(str(shards / "3dpw_val")), batch_size=3, num_workers=2):
+        keys += batch["__key__"]
+        depth.append(batch["joints_3d"][:, 0, 2])  # a per-sample value to gather: pelvis depth
+    local = len(keys)
+    keys, values = gather_per_sample(keys, {"depth": torch.cat(depth).numpy()})
+    report = {"batches": count, "eval_local": local, "eval_keys": keys}
+    report["eval_depth"] = values["depth"].tolist()
+    (out / f"rank{accelerator.process_index}.json").write_text(json.dumps(report))
 
 
 if __name__ == "__main__":

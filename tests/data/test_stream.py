@@ -22,6 +22,7 @@ from pare.data.stream import (
     sources_from_config,
     train_loader,
 )
+from pare.distributed import gather_per_sample
 
 
 def _cfg(**overrides):
@@ -108,6 +109,34 @@ def test_pipe_urls_stream_too_and_can_be_cached(packed, tmp_path):
     assert list(cache.rglob("*.tar"))  # remote shards were copied into the cache
 
 
+def test_fsspec_urls_stream_manifest_and_shards(packed):
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    folder = packed / "mpii"
+    fs.pipe("/bucket/mpii/manifest.json", (folder / "manifest.json").read_bytes())
+    for shard in json.loads((folder / "manifest.json").read_text())["shardlist"]:
+        fs.pipe(f"/bucket/mpii/{shard['url']}", (folder / shard["url"]).read_bytes())
+    urls = shard_urls("memory://bucket/mpii")
+    assert urls and all(u.startswith("memory://bucket/mpii/") for u in urls)
+    batch = next(iter(train_loader([Source("mpii", urls)], _cfg(), steps_per_epoch=1)))
+    check_batch(batch)
+    seen = [k for b in eval_loader(urls, batch_size=4) for k in b["__key__"]]
+    assert sorted(seen) == sorted(_manifest_keys(folder))
+    with pytest.raises(FileNotFoundError, match=r"manifest\.json not found"):
+        shard_urls("memory://bucket/nothing")
+
+
+def test_gathering_per_sample_results_refuses_double_counting():
+    keys, values = gather_per_sample(["b", "a", "c"], {"err": np.array([2.0, 1.0, 3.0])})
+    assert keys == ["a", "b", "c"]
+    np.testing.assert_array_equal(values["err"], [1.0, 2.0, 3.0])
+    with pytest.raises(RuntimeError, match="more than once"):
+        gather_per_sample(["a", "a"], {"err": np.zeros(2)})
+    with pytest.raises(ValueError, match="rows for 3 keys"):
+        gather_per_sample(["a", "b", "c"], {"err": np.zeros(2)})
+
+
 def test_sources_from_config(packed):
     cfg = load_config([], [f"data.train=[{{name: a, path: {packed / 'mpii'}, weight: 2.0}}]"]).data
     (source,) = sources_from_config(cfg.train)
@@ -148,5 +177,17 @@ def test_two_cpu_processes_with_uneven_shards_run_the_same_steps(packed, tmp_pat
     ]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
-    counts = [json.loads((tmp_path / f"rank{r}.json").read_text())["batches"] for r in (0, 1)]
-    assert counts == [6, 6]
+    reports = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["batches"] for r in reports] == [6, 6]
+    # Evaluation: both ranks evaluated part of the split and gathered all of it, each sample once.
+    folder = packed / "3dpw_val"
+    expected = sorted(_manifest_keys(folder))
+    assert all(r["eval_local"] > 0 for r in reports)
+    assert sum(r["eval_local"] for r in reports) == len(expected)
+    for report in reports:
+        assert report["eval_keys"] == expected
+    # The gathered values belong to their keys: compare with one process reading everything.
+    single = {}
+    for batch in eval_loader(shard_urls(str(folder)), batch_size=5):
+        single.update(zip(batch["__key__"], batch["joints_3d"][:, 0, 2].tolist(), strict=True))
+    np.testing.assert_allclose(reports[0]["eval_depth"], [single[k] for k in expected], rtol=1e-6)

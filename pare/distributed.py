@@ -1,0 +1,45 @@
+"""Collectives the loop needs beyond Accelerate's, usable without a process group (one process).
+
+Evaluation gathers per-sample results rather than per-rank means: ranks hold different numbers of
+samples (the evaluation stream deals samples out by index, not by padding), so averaging rank
+means would weight samples unequally, and Accelerate's ``gather_for_metrics`` cannot drop padding
+it does not know the length of for an iterable dataset.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch.distributed as dist
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def gather_per_sample(
+    keys: list[str], values: dict[str, np.ndarray]
+) -> tuple[list[str], dict[str, np.ndarray]]:
+    """Every rank's (keys, per-sample arrays) on every rank, sorted by key, each sample once.
+
+    ``values[name]`` has one row per key. A key seen on two ranks is an error: it would be
+    counted twice in every mean.
+    """
+    for name, array in values.items():
+        if len(array) != len(keys):
+            raise ValueError(f"{name!r} has {len(array)} rows for {len(keys)} keys")
+    parts = [(list(keys), {k: np.asarray(v) for k, v in values.items()})]
+    if world_size() > 1:
+        gathered: list = [None] * world_size()
+        dist.all_gather_object(gathered, parts[0])
+        parts = gathered
+    all_keys = [k for part_keys, _ in parts for k in part_keys]
+    if len(set(all_keys)) != len(all_keys):
+        seen: set[str] = set()
+        twice = sorted({k for k in all_keys if k in seen or seen.add(k)})
+        raise RuntimeError(f"samples evaluated more than once across ranks: {twice[:5]}")
+    order = np.argsort(np.asarray(all_keys, dtype=object), kind="stable")
+    merged = {
+        name: np.concatenate([part_values[name] for _, part_values in parts])[order]
+        for name in values
+    }
+    return [all_keys[i] for i in order], merged
