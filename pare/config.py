@@ -103,29 +103,45 @@ class DataConfig:
                 raise ConfigError(f"data.train[{i}].weight={source.weight} must be positive")
 
 
+BACKBONES = ("hrnet_w32", "resnet50", "hrnet_w18_small", "resnet18")
+
+
 @dataclass
 class AttentionConfig:
-    """The design document's multi-head self-attention over part heatmaps (off = vanilla PARE)."""
+    """The design document's multi-head self-attention over the part heatmaps (off = vanilla
+    PARE). Its residual gate starts at zero, so an enabled model begins as vanilla PARE."""
 
     enabled: bool = False
-    num_heads: int = 4
-    key_dim: int = 64
-    value_projection: bool = False
-    zero_init_gate: bool = True
+    heads: int = 4
+    dim: int = 64  # D_k, the query/key width, split over the heads
+    resolution: int = 28  # side of the grid attention runs on; 0 = the heatmaps' own (56)
+    value_proj: bool = False  # learned per-head value projection (default: the heatmaps)
+
+    def __post_init__(self) -> None:
+        if self.heads < 1 or self.dim % self.heads:
+            raise ConfigError(
+                f"model.attention.dim={self.dim} must split evenly over heads={self.heads}"
+            )
+        if self.resolution < 0:
+            raise ConfigError(f"model.attention.resolution={self.resolution} must be >= 0")
 
 
 @dataclass
 class ModelConfig:
+    """PARE as released by default; the small backbones are for CPU runs and tests."""
+
     backbone: str = "hrnet_w32"
-    backbone_weights: str = ""  # a local .pth/.safetensors file; empty = random init
-    num_joints: int = 24
+    # "" = random init (no network at construction); a local .pth/.safetensors file (timm or
+    # PARE/HRNet checkpoints, including the COCO-keypoint HRNet-W32); "timm" = timm's
+    # pretrained weights (needs the network once).
+    backbone_weights: str = ""
     branch_layers: int = 2
     branch_channels: int = 128
     shape_cam_channels: int = 64
     attention: AttentionConfig = field(default_factory=AttentionConfig)
 
     def __post_init__(self) -> None:
-        _check_choice("model", "backbone", self.backbone, ("hrnet_w32", "resnet50"))
+        _check_choice("model", "backbone", self.backbone, BACKBONES)
 
 
 @dataclass
@@ -143,11 +159,20 @@ class LossConfig:
 
 @dataclass
 class OptimConfig:
+    """Adam as PARE trains (lr 5e-5, no weight decay); AdamW and a cosine decay as options.
+    Steps count optimiser steps (after gradient accumulation)."""
+
+    optimizer: str = "adam"
     lr: float = 5e-5
     weight_decay: float = 0.0
     adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     grad_clip_norm: float = 0.0  # 0 disables clipping
-    warmup_steps: int = 0
+    warmup_steps: int = 0  # linear warmup from 0
+    schedule: str = "constant"  # after warmup: "constant" or "cosine" (to 0 at train.max_steps)
+
+    def __post_init__(self) -> None:
+        _check_choice("optim", "optimizer", self.optimizer, ("adam", "adamw"))
+        _check_choice("optim", "schedule", self.schedule, ("constant", "cosine"))
 
 
 @dataclass
@@ -162,6 +187,13 @@ class TrainConfig:
     checkpoint_every: int = 2000
     keep_checkpoints: int = 3
     resume: str = ""  # "", "auto" (latest in output_dir) or a checkpoint folder
+    time_budget_s: float = 0.0  # stop, save and exit 0 after this many seconds; 0 = no budget
+    max_nonfinite_steps: int = 20  # abort after this many non-finite losses in a row
+    channels_last: bool = False
+    compile: bool = False  # torch.compile the model
+    image_every: int = 2000  # W&B overlay images (predicted vs ground truth) every N steps
+    # Testing hook for the non-finite guard: the loss of these steps is made NaN.
+    inject_nonfinite_at: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         _check_choice(

@@ -45,3 +45,17 @@ def test_loader_benchmark(tmp_path, monkeypatch):
     for key in ("pipeline_samples_per_s", "decode_only_samples_per_s", "per_file_samples_per_s"):
         assert result[key] > 0
     assert result["goal_a_over_c"] == 5.0 and result["goal_a_over_b"] == 0.6
+
+
+@pytest.mark.slow
+def test_model_benchmark(tmp_path, monkeypatch):
+    args = ["--backbone", "hrnet_w18_small", "--batch", "1", "--repeats", "1"]
+    result = _run("model.py", args, tmp_path, monkeypatch)
+    assert [(r["model"], r["precision"]) for r in result["rows"]][:3] == [
+        ("vanilla", "fp32"),
+        ("variant 28x28 (default)", "fp32"),
+        ("variant 56x56", "fp32"),
+    ]
+    assert all(r["seconds"] > 0 and r["peak_mb"] > 0 for r in result["rows"])
+    # Memory is measured, not assumed: the naive attention stores N x N matrices, the fused not.
+    assert result["fused_over_naive_peak_mb"] < 0.5

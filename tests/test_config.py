@@ -48,7 +48,7 @@ def test_yaml_then_cli_precedence(tmp_path):
         (["data.batch_size=1.5"], r"'data\.batch_size'.*Integer"),
         (
             ["model.backbone=vit"],
-            r"model\.backbone='vit' is not allowed; choose one of \['hrnet_w32', 'resnet50'\]",
+            r"model\.backbone='vit' is not allowed; choose one of \['hrnet_w32', 'resnet50', 'hrnet_w18_small', 'resnet18'\]",
         ),
         (["train.mixed_precision=fp32"], r"train\.mixed_precision"),
         (["optim=1"], r"'optim' is a section"),

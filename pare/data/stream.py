@@ -323,15 +323,20 @@ def eval_loader(
 
 @dataclass
 class StreamState:
-    """What a checkpoint must hold for the stream to continue with fresh samples: the epoch the
-    next loader is built for, and the run's seed. Register it with Accelerate's
+    """What a checkpoint must hold for the stream to continue where it stopped: the epoch the
+    current loader was built for, how many of its batches this rank has consumed, and the run's
+    seed. A resumed run rebuilds that epoch's loader (deterministic per seed, epoch, rank and
+    worker) and skips the consumed batches, so it trains on the samples it had not seen yet, in
+    the order an uninterrupted run would have. Register it with Accelerate's
     ``register_for_checkpointing``."""
 
     epoch: int = 0
     seed: int = 0
+    batches: int = 0
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "seed": self.seed}
+        return {"epoch": self.epoch, "seed": self.seed, "batches": self.batches}
 
     def load_state_dict(self, state: dict) -> None:
         self.epoch, self.seed = int(state["epoch"]), int(state["seed"])
+        self.batches = int(state.get("batches", 0))

@@ -2,9 +2,7 @@
 
 import json
 import os
-import shutil
 import subprocess
-import sys
 import tarfile
 from pathlib import Path
 
@@ -23,6 +21,7 @@ from pare.data.stream import (
     train_loader,
 )
 from pare.distributed import gather_per_sample
+from tests.conftest import accelerate_launch
 
 
 def _cfg(**overrides):
@@ -151,25 +150,11 @@ def test_missing_manifest_is_explained(tmp_path):
 
 @pytest.mark.slow
 def test_two_cpu_processes_with_uneven_shards_run_the_same_steps(packed, tmp_path):
-    if not shutil.which("accelerate", path=str(Path(sys.executable).parent)):
-        pytest.fail("accelerate's launcher is not installed beside this Python")
     n_shards = len(json.loads((packed / "3dpw" / "manifest.json").read_text())["shardlist"])
     assert n_shards % 2 == 1 or n_shards < 4  # uneven over 2 ranks x 2 workers
     env = dict(os.environ, ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1")
     cmd = [
-        str(Path(sys.executable).parent / "accelerate"),
-        "launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_port",
-        "29517",
+        *accelerate_launch(2, 29517),
         str(Path(__file__).parent / "ddp_stream_worker.py"),
         str(packed),
         str(tmp_path),

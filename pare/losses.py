@@ -1,0 +1,85 @@
+"""PARE's loss terms and their weighting.
+
+Every term is computed in fp32 whatever the autocast state, and masked per sample by the batch's
+``has_*`` flags without boolean indexing (no host-device synchronisation per step). A term with
+no supervised sample in the batch is exactly zero and still part of the graph.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from pare.geometry import axis_angle_to_matrix
+
+TERMS = ("keypoints_2d", "joints_3d", "smpl_pose", "smpl_shape", "part_segmentation", "camera")
+
+
+def _masked_mean(errors: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``errors`` (B, ...) over the samples where ``mask`` (B,) holds."""
+    weights = mask.to(errors.dtype).view(-1, *[1] * (errors.dim() - 1)).expand_as(errors)
+    return (errors * weights).sum() / weights.sum().clamp(min=1.0)
+
+
+def keypoints_2d_loss(pred: torch.Tensor, target: torch.Tensor, crop_size: int) -> torch.Tensor:
+    """Confidence-weighted MSE. ``pred`` (B, K, 2) in [-1, 1]; ``target`` (B, K, 3) in input
+    pixels plus confidence (normalised here the same way)."""
+    target_xy = target[..., :2] * (2.0 / crop_size) - 1.0
+    conf = target[..., 2:]
+    return (conf * (pred.float() - target_xy) ** 2).mean()
+
+
+def joints_3d_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """MSE of (B, 24, 3) SMPL joints after subtracting each set's pelvis (joint 0)."""
+    pred = pred.float() - pred[:, :1].float()
+    target = target - target[:, :1]
+    return _masked_mean((pred - target) ** 2, mask)
+
+
+def smpl_pose_loss(rotmat: torch.Tensor, pose: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """MSE between predicted (B, 24, 3, 3) and ground-truth rotation matrices (pose (B, 72))."""
+    target = axis_angle_to_matrix(pose.view(-1, 24, 3))  # (B, 24, 3, 3)
+    return _masked_mean((rotmat.float() - target) ** 2, mask)
+
+
+def smpl_shape_loss(betas: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return _masked_mean((betas.float() - target) ** 2, mask)
+
+
+def part_segmentation_loss(
+    logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
+    """Cross-entropy over the 25 classes, (B, 25, H, W) logits against (B, H, W) labels, over
+    the samples that have a part map."""
+    per_pixel = F.cross_entropy(logits.float(), labels.long(), reduction="none")  # (B, H, W)
+    return _masked_mean(per_pixel, mask)
+
+
+def camera_loss(camera: torch.Tensor) -> torch.Tensor:
+    """PARE's prior against a non-positive scale: mean(exp(-10 s)^2)."""
+    return (torch.exp(-10.0 * camera[:, 0].float()) ** 2).mean()
+
+
+def pare_loss(
+    pred: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], weights
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Weighted total (times ``weights.total_scale``, as PARE's code does) and the unweighted
+    terms (detached) for logging. ``weights`` is a :class:`pare.config.LossConfig`."""
+    crop_size = batch["image"].shape[-1]
+    with torch.autocast(batch["image"].device.type, enabled=False):
+        terms = _terms(pred, batch, crop_size)
+    total = weights.total_scale * sum(getattr(weights, name) * terms[name] for name in TERMS)
+    return total, {name: value.detach() for name, value in terms.items()}
+
+
+def _terms(pred: dict, batch: dict, crop_size: int) -> dict[str, torch.Tensor]:
+    return {
+        "keypoints_2d": keypoints_2d_loss(pred["keypoints_2d"], batch["keypoints_2d"], crop_size),
+        "joints_3d": joints_3d_loss(pred["joints_3d"], batch["joints_3d"], batch["has_joints_3d"]),
+        "smpl_pose": smpl_pose_loss(pred["rotmat"], batch["pose"], batch["has_smpl"]),
+        "smpl_shape": smpl_shape_loss(pred["betas"], batch["betas"], batch["has_smpl"]),
+        "part_segmentation": part_segmentation_loss(
+            pred["part_logits"], batch["part_labels"], batch["has_part_labels"]
+        ),
+        "camera": camera_loss(pred["camera"]),
+    }

@@ -1,0 +1,156 @@
+"""Backbones from timm, shaped the way PARE uses them.
+
+- ``hrnet_w32`` / ``hrnet_w18_small``: the four raw stage-4 branches, brought to the 1/4
+  resolution (56 x 56 for a 224 input) PARE's "conv" way and concatenated (480 channels for W32).
+- ``resnet50`` / ``resnet18``: ``layer4`` (1/32 resolution); PARE's branches then upsample it
+  with deconvolutions.
+
+Weights: none by default (nothing is downloaded at construction), a local checkpoint (timm's,
+PARE's, or the COCO-keypoint HRNet PARE starts from), or ``"timm"`` for timm's pretrained weights.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import timm
+import torch
+from torch import nn
+
+HRNETS = ("hrnet_w32", "hrnet_w18_small")
+RESNETS = ("resnet50", "resnet18")
+
+
+def _up_block(channels: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
+        nn.Conv2d(channels, channels, 3, padding=1, bias=False),
+        nn.BatchNorm2d(channels),
+        nn.ReLU(inplace=True),
+    )
+
+
+class HRNetConvFusion(nn.Module):
+    """HRNet's four stage-4 branches -> one map at the first branch's resolution.
+
+    Branch i (i = 1, 2, 3) is upsampled by i blocks of [bilinear x2, 3x3 conv, BN, ReLU]; the
+    four are concatenated (PARE's ``hrnet_w32-conv`` backbone).
+    """
+
+    def __init__(self, name: str, pretrained: bool = False) -> None:
+        super().__init__()
+        # feature_location="" exposes the raw branches (not timm's classification increments).
+        self.body = timm.create_model(
+            name, pretrained=pretrained, features_only=True, feature_location=""
+        )
+        channels = self.body.feature_info.channels()[-4:]  # e.g. 32, 64, 128, 256
+        self.upsample = nn.ModuleList(
+            nn.Sequential(*[_up_block(c) for _ in range(i)]) for i, c in enumerate(channels)
+        )
+        self.out_channels = sum(channels)
+        self.out_stride = 4
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        branches = self.body(images)[-4:]  # (B, C_i, H/2^(i+2), W/2^(i+2)); the stem is dropped
+        fused = [up(x) for up, x in zip(self.upsample, branches, strict=True)]
+        return torch.cat(fused, dim=1)  # (B, sum C_i, H/4, W/4)
+
+
+class ResNetLayer4(nn.Module):
+    """A torchvision-style ResNet up to ``layer4`` (B, 2048 or 512, H/32, W/32)."""
+
+    def __init__(self, name: str, pretrained: bool = False) -> None:
+        super().__init__()
+        self.body = timm.create_model(
+            name, pretrained=pretrained, features_only=True, out_indices=(4,)
+        )
+        self.out_channels = self.body.feature_info.channels()[-1]
+        self.out_stride = 32
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.body(images)[-1]
+
+
+def build_backbone(name: str, weights: str = "") -> nn.Module:
+    """A backbone with ``out_channels`` and ``out_stride``; see the module docstring for
+    ``weights``."""
+    pretrained = weights == "timm"
+    if name in HRNETS:
+        backbone = HRNetConvFusion(name, pretrained)
+    elif name in RESNETS:
+        backbone = ResNetLayer4(name, pretrained)
+    else:
+        raise ValueError(f"unknown backbone {name!r}; choose one of {list(HRNETS + RESNETS)}")
+    if weights and not pretrained:
+        load_backbone_weights(backbone.body, weights)
+    return backbone
+
+
+# Keys a classification or keypoint checkpoint has and the feature extractor has not.
+_HEAD_KEYS = re.compile(r"^(final_layer|classifier|fc|head|incre_modules|downsamp_modules)\.")
+# PARE and mmpose checkpoints nest the backbone; DDP checkpoints add "module.".
+_PREFIXES = ("module.", "model.", "backbone.")
+# The COCO-keypoint HRNet builds its last stage-4 module with a single output, so it has no
+# fusion weights into branches 1-3; those stay at their initialisation.
+_POSE_HRNET_MISSING = re.compile(r"^stage4\.\d+\.fuse_layers\.[123]\.")
+
+
+def map_checkpoint_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A backbone checkpoint's keys -> the timm feature extractor's: strip wrapper prefixes,
+    drop classification and keypoint heads."""
+    mapped = {}
+    for key, value in state.items():
+        changed = True
+        while changed:
+            changed = False
+            for prefix in _PREFIXES:
+                if key.startswith(prefix):
+                    key, changed = key[len(prefix) :], True
+        if not _HEAD_KEYS.match(key):
+            mapped[key] = value
+    return mapped
+
+
+def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
+    """A state dict from ``.safetensors`` or a torch file (``weights_only``: no code runs)."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"backbone weights not found: {path}. Set model.backbone_weights to a local "
+            ".pth/.safetensors file, 'timm' for timm's pretrained weights, or '' for none."
+        )
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ValueError(
+            f"{path} is not a readable weights-only torch checkpoint ({err}); re-save it as a "
+            "plain state dict or .safetensors"
+        ) from err
+    for wrapper in ("state_dict", "model", "model_state"):
+        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
+            state = state[wrapper]
+    return state
+
+
+def load_backbone_weights(module: nn.Module, path: str | Path) -> None:
+    """Load a checkpoint into the timm feature extractor; anything unexpected is an error that
+    names the keys (the COCO-keypoint HRNet's absent stage-4 fusions are expected)."""
+    state = map_checkpoint_keys(read_checkpoint(path))
+    own = module.state_dict()
+    shapes = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
+    if shapes:
+        raise ValueError(
+            f"{path}: shape mismatch for {shapes[:5]} (a checkpoint of another backbone?)"
+        )
+    result = module.load_state_dict(state, strict=False)
+    missing = [k for k in result.missing_keys if not _POSE_HRNET_MISSING.match(k)]
+    if missing or result.unexpected_keys:
+        raise ValueError(
+            f"{path} does not fit the backbone: missing {missing[:5]} ({len(missing)}), "
+            f"unexpected {result.unexpected_keys[:5]} ({len(result.unexpected_keys)})"
+        )

@@ -1,0 +1,338 @@
+"""The PARE model and the self-attention variant: shapes, gradients, equivalence at init,
+attention properties, backbone weight loading."""
+
+import copy
+
+import pytest
+import torch
+
+from pare.config import load_config
+from pare.losses import pare_loss
+from pare.models import (
+    PartSelfAttention,
+    build_backbone,
+    build_model,
+    fused_attention,
+    map_checkpoint_keys,
+    naive_attention,
+)
+from pare.models.backbones import load_backbone_weights
+
+SMALL = ["model.backbone=hrnet_w18_small", "model.branch_channels=32"]
+
+
+def _model(*overrides, seed=0):
+    cfg = load_config([], [*SMALL, *overrides])
+    torch.manual_seed(seed)
+    return build_model(cfg.model, cfg.body)
+
+
+def _images(batch=2, seed=1):
+    return torch.randn(batch, 3, 224, 224, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize(
+    "backbone, extra",
+    [
+        ("hrnet_w32", []),
+        ("resnet50", ["model.branch_layers=3", "model.branch_channels=256"]),
+        ("hrnet_w18_small", []),
+        ("resnet18", ["model.branch_layers=3", "model.branch_channels=64"]),
+    ],
+)
+def test_output_shapes_for_every_backbone(backbone, extra):
+    cfg = load_config([], [f"model.backbone={backbone}", *extra])
+    model = build_model(cfg.model, cfg.body).eval()
+    with torch.no_grad():
+        out = model(_images(2))
+    expected = {
+        "part_logits": (2, 25, 56, 56),
+        "part_attention": (2, 24, 56, 56),
+        "pose_6d": (2, 24, 6),
+        "rotmat": (2, 24, 3, 3),
+        "betas": (2, 10),
+        "camera": (2, 3),
+        "translation": (2, 3),
+        "vertices": (2, 6890, 3),
+        "joints_3d": (2, 24, 3),
+        "h36m_3d": (2, 17, 3),
+        "unified_3d": (2, 22, 3),
+        "keypoints_2d": (2, 22, 2),
+    }
+    assert {k: tuple(v.shape) for k, v in out.items()} == expected
+    # Part attention: each part's weights form a distribution over the 56 x 56 grid.
+    torch.testing.assert_close(out["part_attention"].sum((-1, -2)), torch.ones(2, 24))
+    if backbone == "hrnet_w32":
+        assert model.backbone.out_channels == 480  # 32 + 64 + 128 + 256, PARE's fused width
+
+
+def test_the_smpl_layer_has_no_trainable_or_saved_state_of_its_own():
+    model = _model()
+    assert not any(name.startswith("smpl.") for name, _ in model.named_parameters())
+    assert not any(key.startswith("smpl.") for key in model.state_dict())
+
+
+def _batch_for(out, batch=2):
+    g = torch.Generator().manual_seed(5)
+    return {
+        "image": torch.zeros(batch, 3, 224, 224, dtype=torch.uint8),
+        "keypoints_2d": torch.cat(
+            [torch.rand(batch, 22, 2, generator=g) * 224, torch.ones(batch, 22, 1)], -1
+        ),
+        "joints_3d": torch.randn(batch, 24, 3, generator=g) * 0.3,
+        "pose": torch.randn(batch, 72, generator=g) * 0.3,
+        "betas": torch.randn(batch, 10, generator=g),
+        "part_labels": torch.randint(0, 25, (batch, 56, 56), generator=g, dtype=torch.uint8),
+        "has_smpl": torch.ones(batch, dtype=torch.bool),
+        "has_joints_3d": torch.ones(batch, dtype=torch.bool),
+        "has_part_labels": torch.ones(batch, dtype=torch.bool),
+    }
+
+
+@pytest.mark.parametrize("variant", [False, True])
+def test_gradients_reach_every_trainable_parameter(variant):
+    extra = ["model.attention.enabled=true", "model.attention.value_proj=true"] if variant else []
+    model = _model(*extra).train()
+    if variant:
+        # At initialisation the zero gate blocks the attention's own gradients by design (only
+        # the gate learns at first, as in ReZero); open it to check the path.
+        with torch.no_grad():
+            model.head.attention.gate.fill_(0.5)
+    out = model(_images(2))
+    total, _ = pare_loss(out, _batch_for(out), load_config([], []).loss)
+    total.backward()
+    dead = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not dead, dead
+
+
+@pytest.mark.parametrize("mode, precision", [("train", None), ("eval", None), ("eval", "bf16")])
+def test_variant_with_a_zero_gate_equals_vanilla_bit_for_bit(mode, precision):
+    vanilla = _model(seed=0)
+    variant = _model("model.attention.enabled=true", "model.attention.value_proj=true", seed=7)
+    missing, unexpected = variant.load_state_dict(vanilla.state_dict(), strict=False)
+    assert not unexpected and missing and all(k.startswith("head.attention.") for k in missing)
+    assert not variant.head.attention.gate.detach().any()
+    getattr(vanilla, mode)(), getattr(variant, mode)()
+    images = _images(2)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+        a, b = vanilla(images), variant(images)
+    assert (a["part_logits"].dtype == torch.bfloat16) == (precision == "bf16")
+    assert a["vertices"].dtype == torch.float32  # the SMPL layer stays fp32 under autocast
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    # And the gate is live: opening it changes the result.
+    with torch.no_grad():
+        variant.head.attention.gate.fill_(1.0)
+    assert not torch.equal(variant.eval()(images)["rotmat"], vanilla.eval()(images)["rotmat"])
+
+
+@pytest.mark.parametrize("value_proj", [False, True])
+def test_attention_is_equivariant_to_a_permutation_of_pixels(value_proj):
+    torch.manual_seed(0)
+    attention = PartSelfAttention(24, dim=32, heads=4, value_proj=value_proj)
+    tokens = torch.randn(2, 300, 24)
+    perm = torch.randperm(300)
+    torch.testing.assert_close(
+        attention.mix(tokens[:, perm]), attention.mix(tokens)[:, perm], atol=1e-5, rtol=1e-5
+    )
+
+
+def test_fused_and_naive_attention_agree_values_and_gradients():
+    g = torch.Generator().manual_seed(3)
+    for head_dim, value_dim in [(16, 24), (32, 24), (24, 24)]:
+        q = torch.randn(2, 4, 500, head_dim, generator=g, requires_grad=True)
+        k = torch.randn(2, 4, 500, head_dim, generator=g, requires_grad=True)
+        v = torch.randn(2, 4, 500, value_dim, generator=g, requires_grad=True)
+        fused, naive = fused_attention(q, k, v), naive_attention(q, k, v)
+        torch.testing.assert_close(fused, naive, atol=1e-5, rtol=1e-4)
+        grads_fused = torch.autograd.grad(fused.square().sum(), (q, k, v))
+        grads_naive = torch.autograd.grad(naive.square().sum(), (q, k, v))
+        for a, b in zip(grads_fused, grads_naive, strict=True):
+            torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-3)
+
+
+def test_attention_module_matches_a_per_head_loop_at_both_resolutions():
+    """The module against an explicit per-head, per-image computation of the design."""
+    torch.manual_seed(0)
+    maps = torch.randn(2, 24, 56, 56)
+    for resolution in (0, 28):
+        attention = PartSelfAttention(24, dim=32, heads=4, resolution=resolution)
+        with torch.no_grad():
+            attention.gate.copy_(torch.linspace(-1, 1, 24))
+            out = attention(maps)
+        grid = (
+            maps
+            if resolution == 0
+            else maps.unflatten(2, (28, 2)).unflatten(4, (28, 2)).mean((3, 5))
+        )
+        side = grid.shape[-1]
+        expected = torch.empty_like(maps)
+        for b in range(2):
+            hf = grid[b].flatten(1).T  # (N, J)
+            q = hf @ attention.query.weight.T  # (N, 32)
+            k = hf @ attention.key.weight.T
+            heads = []
+            for h in range(4):
+                qs, ks = q[:, 8 * h : 8 * h + 8], k[:, 8 * h : 8 * h + 8]
+                a = torch.softmax(qs @ ks.T / 8**0.5, dim=-1)  # (N, N)
+                heads.append(a @ hf)
+            delta = (torch.stack(heads).mean(0) - hf).T.reshape(24, side, side)
+            if side != 56:
+                delta = torch.nn.functional.interpolate(
+                    delta[None], size=(56, 56), mode="bilinear", align_corners=False
+                )[0]
+            expected[b] = maps[b] + attention.gate.detach()[:, None, None] * delta
+        torch.testing.assert_close(out, expected, atol=1e-4, rtol=1e-4)
+
+
+def _saved_sizes(attend, *inputs) -> list[int]:
+    sizes = []
+
+    def pack(tensor):
+        sizes.append(tensor.numel())
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        attend(*inputs)
+    return sizes
+
+
+def test_fused_attention_never_stores_the_hw_by_hw_matrix():
+    """Autograd saves what backward needs: the fused path keeps nothing of size N x N."""
+    torch.manual_seed(0)
+    n = 56 * 56
+    q, k = torch.randn(1, 4, n, 16, requires_grad=True), torch.randn(1, 4, n, 16)
+    v = torch.randn(1, 4, n, 24)
+    for attend, expect_square in ((fused_attention, False), (naive_attention, True)):
+        sizes = _saved_sizes(attend, q, k, v)
+        assert (max(sizes) >= 4 * n * n) == expect_square, (attend.__name__, max(sizes))
+    # The module at full resolution, whose values are a transposed, expanded view of the maps.
+    for value_proj in (False, True):
+        module = PartSelfAttention(24, dim=64, heads=4, resolution=0, value_proj=value_proj)
+        maps = torch.randn(1, 24, 56, 56, requires_grad=True)
+        assert max(_saved_sizes(module, maps)) < n * n
+
+
+def test_coco_keypoint_hrnet_checkpoint_loads_with_its_key_mapping(tmp_path):
+    """A synthetic state dict laid out like HRNet's COCO-keypoint pose_hrnet_w32 checkpoint:
+    DDP's "module." prefix, the 17-keypoint final layer, and no stage-4 fusions into branches
+    1-3 (its last module has a single output)."""
+    backbone = build_backbone("hrnet_w32")
+    own = backbone.body.state_dict()
+    # Names as the official pose_hrnet checkpoint spells them (spot checks of the layout).
+    for name in (
+        "conv1.weight",
+        "bn2.running_var",
+        "layer1.0.downsample.0.weight",
+        "transition1.0.0.weight",
+        "transition1.1.0.0.weight",
+        "stage2.0.branches.1.3.conv2.weight",
+        "stage2.0.fuse_layers.0.1.0.weight",
+        "stage3.3.fuse_layers.2.0.1.1.weight",
+        "stage4.2.fuse_layers.0.3.0.weight",
+    ):
+        assert name in own, name
+    g = torch.Generator().manual_seed(0)
+    checkpoint = {
+        f"module.{k}": torch.randn(v.shape, generator=g).to(v.dtype)
+        if v.is_floating_point()
+        else v.clone()
+        for k, v in own.items()
+        if not k.startswith(
+            ("stage4.2.fuse_layers.1", "stage4.2.fuse_layers.2", "stage4.2.fuse_layers.3")
+        )
+    }
+    checkpoint["module.final_layer.weight"] = torch.randn(17, 32, 1, 1)
+    checkpoint["module.final_layer.bias"] = torch.randn(17)
+    path = tmp_path / "pose_hrnet_w32_256x192.pth"
+    torch.save(checkpoint, path)
+    untouched = own["stage4.2.fuse_layers.1.0.0.0.weight"].clone()
+    load_backbone_weights(backbone.body, path)
+    loaded = backbone.body.state_dict()
+    for key, value in checkpoint.items():
+        if not key.startswith("module.final_layer"):
+            assert torch.equal(loaded[key.removeprefix("module.")], value), key
+    assert torch.equal(loaded["stage4.2.fuse_layers.1.0.0.0.weight"], untouched)
+    assert set(map_checkpoint_keys(checkpoint)) == {
+        k.removeprefix("module.") for k in checkpoint
+    } - {
+        "final_layer.weight",
+        "final_layer.bias",
+    }
+
+
+def test_backbone_weights_from_safetensors_and_clear_errors(tmp_path):
+    from safetensors.torch import save_file
+
+    source = build_backbone("resnet18")
+    state = {
+        k: v + 1.0 if v.is_floating_point() else v for k, v in source.body.state_dict().items()
+    }
+    state["fc.weight"], state["fc.bias"] = torch.zeros(1000, 512), torch.zeros(1000)  # timm head
+    save_file(state, str(tmp_path / "r18.safetensors"))
+    target = build_backbone("resnet18", str(tmp_path / "r18.safetensors"))
+    assert torch.equal(target.body.state_dict()["conv1.weight"], state["conv1.weight"])
+
+    with pytest.raises(
+        FileNotFoundError, match=r"backbone weights not found.*model\.backbone_weights"
+    ):
+        build_backbone("resnet18", str(tmp_path / "missing.pth"))
+    torch.save({"conv1.weight": torch.zeros(3, 3)}, tmp_path / "wrong.pth")
+    with pytest.raises(ValueError, match=r"shape mismatch.*conv1\.weight"):
+        build_backbone("resnet18", str(tmp_path / "wrong.pth"))
+    partial = {k: v for k, v in list(state.items())[:10]}
+    torch.save(partial, tmp_path / "partial.pth")
+    with pytest.raises(ValueError, match="does not fit the backbone: missing"):
+        build_backbone("resnet18", str(tmp_path / "partial.pth"))
+    (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="not a readable weights-only torch checkpoint"):
+        build_backbone("resnet18", str(tmp_path / "junk.pth"))
+
+
+def test_config_switches_the_variant_and_rejects_bad_heads():
+    model = _model(
+        "model.attention.enabled=true", "model.attention.heads=2", "model.attention.dim=16"
+    )
+    assert model.head.attention.heads == 2 and model.head.attention.query.out_features == 16
+    assert _model().head.attention is None
+    from pare.config import ConfigError
+
+    with pytest.raises(ConfigError, match="must split evenly over heads=3"):
+        load_config([], ["model.attention.heads=3"])
+
+
+def test_model_holds_no_reference_to_the_original_model():
+    a = _model()
+    b = copy.deepcopy(a)
+    assert torch.equal(a(_images(1))["vertices"], b(_images(1))["vertices"])
+
+
+@pytest.mark.slow
+def test_a_small_model_overfits_8_synthetic_samples(packed):
+    """The whole chain (batch contract -> model -> losses -> Adam) can fit: the loss on 8 fixed
+    synthetic 3DPW samples falls at least 10x within a bounded number of CPU steps."""
+    from pare.data.batch import normalize_images
+    from pare.data.stream import eval_loader, shard_urls
+
+    batch = next(iter(eval_loader(shard_urls(str(packed / "3dpw")), batch_size=8)))
+    assert len(batch["__key__"]) == 8 and batch["has_smpl"].all()
+    model = _model("model.branch_layers=1").train()
+    optimiser = torch.optim.Adam(model.parameters(), lr=1e-3)
+    weights = load_config([], []).loss
+    images = normalize_images(batch["image"])
+    losses = []
+    for _ in range(OVERFIT_STEPS):
+        total, _ = pare_loss(model(images), batch, weights)
+        optimiser.zero_grad()
+        total.backward()
+        optimiser.step()
+        losses.append(float(total.detach()))
+        if losses[-1] * 10 <= losses[0]:
+            break
+    print(f"overfit: {losses[0]:.2f} -> {losses[-1]:.2f} in {len(losses)} steps")
+    assert losses[-1] * 10 <= losses[0], (
+        f"{losses[0]:.2f} -> {losses[-1]:.2f} in {len(losses)} steps"
+    )
+
+
+OVERFIT_STEPS = 200  # about 120 are needed on the synthetic data

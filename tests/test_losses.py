@@ -1,0 +1,137 @@
+"""PARE's loss terms against hand computations (plain Python loops and scipy)."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy.spatial.transform import Rotation
+
+from pare.config import load_config
+from pare.losses import TERMS, pare_loss
+
+B, K = 3, 22
+
+
+def _case(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    pred = {
+        "keypoints_2d": torch.rand(B, K, 2, generator=g) * 2 - 1,
+        "joints_3d": torch.randn(B, 24, 3, generator=g),
+        "rotmat": torch.randn(B, 24, 3, 3, generator=g),
+        "betas": torch.randn(B, 10, generator=g),
+        "part_logits": torch.randn(B, 25, 4, 4, generator=g),
+        "camera": torch.randn(B, 3, generator=g),
+    }
+    batch = {
+        "image": torch.zeros(B, 3, 224, 224, dtype=torch.uint8),
+        "keypoints_2d": torch.cat(
+            [torch.rand(B, K, 2, generator=g) * 224, torch.rand(B, K, 1, generator=g)], -1
+        ),
+        "joints_3d": torch.randn(B, 24, 3, generator=g),
+        "pose": torch.randn(B, 72, generator=g) * 0.5,
+        "betas": torch.randn(B, 10, generator=g),
+        "part_labels": torch.randint(0, 25, (B, 4, 4), generator=g, dtype=torch.uint8),
+        "has_smpl": torch.tensor([True, False, True]),
+        "has_joints_3d": torch.tensor([False, True, True]),
+        "has_part_labels": torch.tensor([True, True, False]),
+    }
+    return pred, batch
+
+
+def _hand(pred, batch):
+    p = {k: v.double().numpy() for k, v in pred.items()}
+    t = {k: v.double().numpy() if v.is_floating_point() else v.numpy() for k, v in batch.items()}
+    out = {}
+    # 2D: mean over every coordinate of conf * squared error, targets normalised to [-1, 1].
+    acc = 0.0
+    for b in range(B):
+        for j in range(K):
+            for c in range(2):
+                target = t["keypoints_2d"][b, j, c] / 112.0 - 1.0
+                acc += t["keypoints_2d"][b, j, 2] * (p["keypoints_2d"][b, j, c] - target) ** 2
+    out["keypoints_2d"] = acc / (B * K * 2)
+
+    def masked(values, mask):  # per-sample lists of squared errors, mean over kept samples
+        kept = [v for v, m in zip(values, mask, strict=True) if m]
+        return float(np.mean(np.concatenate(kept))) if kept else 0.0
+
+    rel = [
+        (
+            (p["joints_3d"][b] - p["joints_3d"][b, 0]) - (t["joints_3d"][b] - t["joints_3d"][b, 0])
+        ).ravel()
+        ** 2
+        for b in range(B)
+    ]
+    out["joints_3d"] = masked(rel, t["has_joints_3d"])
+    gt_rot = [Rotation.from_rotvec(t["pose"][b].reshape(24, 3)).as_matrix() for b in range(B)]
+    out["smpl_pose"] = masked(
+        [((p["rotmat"][b] - gt_rot[b]) ** 2).ravel() for b in range(B)], t["has_smpl"]
+    )
+    out["smpl_shape"] = masked(
+        [(p["betas"][b] - t["betas"][b]) ** 2 for b in range(B)], t["has_smpl"]
+    )
+    ce = []
+    for b in range(B):
+        pixels = []
+        for y in range(4):
+            for x in range(4):
+                logits = p["part_logits"][b, :, y, x]
+                label = int(t["part_labels"][b, y, x])
+                pixels.append(math.log(np.exp(logits).sum()) - logits[label])
+        ce.append(np.array(pixels))
+    out["part_segmentation"] = masked(ce, t["has_part_labels"])
+    out["camera"] = float(np.mean([math.exp(-10 * p["camera"][b, 0]) ** 2 for b in range(B)]))
+    return out
+
+
+def test_each_term_and_the_weighted_total_match_a_hand_computation():
+    pred, batch = _case()
+    weights = load_config([], []).loss
+    total, terms = pare_loss(pred, batch, weights)
+    expected = _hand(pred, batch)
+    for name in TERMS:
+        assert float(terms[name]) == pytest.approx(expected[name], rel=1e-5), name
+    by_hand = 60.0 * (
+        5 * expected["keypoints_2d"]
+        + 5 * expected["joints_3d"]
+        + 1 * expected["smpl_pose"]
+        + 0.001 * expected["smpl_shape"]
+        + 1 * expected["part_segmentation"]
+        + 1 * expected["camera"]
+    )
+    assert float(total) == pytest.approx(by_hand, rel=1e-5)
+
+
+def test_unsupervised_terms_are_zero_and_keep_the_graph():
+    pred, batch = _case(1)
+    for flag in ("has_smpl", "has_joints_3d", "has_part_labels"):
+        batch[flag] = torch.zeros(B, dtype=torch.bool)
+    pred = {k: v.requires_grad_() for k, v in pred.items()}
+    total, terms = pare_loss(pred, batch, load_config([], []).loss)
+    for name in ("joints_3d", "smpl_pose", "smpl_shape", "part_segmentation"):
+        assert float(terms[name]) == 0.0
+    total.backward()
+    assert not pred["rotmat"].grad.any() and pred["keypoints_2d"].grad.any()
+
+
+def test_terms_are_fp32_under_bf16_autocast():
+    pred, batch = _case(2)
+    low = {k: v.bfloat16() for k, v in pred.items()}
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        total, terms = pare_loss(low, batch, load_config([], []).loss)
+    assert total.dtype == torch.float32 and all(v.dtype == torch.float32 for v in terms.values())
+    expected = _hand({k: v.float() for k, v in low.items()}, batch)
+    for name in TERMS:
+        assert float(terms[name]) == pytest.approx(expected[name], rel=1e-5), name
+
+
+def test_weights_come_from_the_config():
+    pred, batch = _case(3)
+    _, terms = pare_loss(pred, batch, load_config([], []).loss)
+    only_camera = load_config(
+        [],
+        [f"loss.{n}=0" for n in TERMS if n != "camera"] + ["loss.camera=2", "loss.total_scale=1"],
+    ).loss
+    total, _ = pare_loss(pred, batch, only_camera)
+    assert float(total) == pytest.approx(2 * float(terms["camera"]), rel=1e-6)
