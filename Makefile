@@ -18,14 +18,23 @@ $(BIN)/.installed: pyproject.toml
 
 install: $(BIN)/.installed
 
+# The embedded demo: synthetic data -> shards -> 2-process CPU training -> evaluation table.
+# Everything it writes is under data/demo, shards/out/demo and runs/demo (cleared first).
+DEMO_LAUNCH := ACCELERATE_USE_CPU=1 OMP_NUM_THREADS=1 $(BIN)/accelerate launch --multi_gpu \
+	--num_processes 2 --num_machines 1 --mixed_precision no --dynamo_backend no
 demo: install
-	$(BIN)/python train/check_body_model.py
-	$(BIN)/python shards/make_synthetic.py 3dpw --out data/synthetic/3dpw --sequences 3 --frames 30 --size 270 480
-	$(BIN)/python shards/make_synthetic.py mpii --out data/synthetic/mpii --images 60 --image-scale 0.5 --eft
-	$(BIN)/python shards/pack_3dpw.py --root data/synthetic/3dpw --split train --out shards/out/3dpw/train --workers 2
-	$(BIN)/python shards/pack_3dpw.py --root data/synthetic/3dpw --split validation --out shards/out/3dpw/validation --workers 2
-	$(BIN)/python shards/pack_mpii.py --root data/synthetic/mpii --split train --out shards/out/mpii/train --eft data/synthetic/mpii/MPII_ver01.json --workers 2
-	$(BIN)/python shards/verify.py shards/out/3dpw/train shards/out/3dpw/validation shards/out/mpii/train
+	rm -rf data/demo shards/out/demo runs/demo
+	$(BIN)/python train/check_body_model.py --out runs/demo/body_check
+	$(BIN)/python shards/make_synthetic.py 3dpw --out data/demo/3dpw --sequences 9 --frames 24 --size 270 480 --no-progress
+	$(BIN)/python shards/make_synthetic.py mpii --out data/demo/mpii --images 80 --image-scale 0.5 --eft --no-progress
+	$(BIN)/python shards/pack_3dpw.py --root data/demo/3dpw --split train --out shards/out/demo/3dpw/train --workers 2 --no-progress
+	$(BIN)/python shards/pack_3dpw.py --root data/demo/3dpw --split validation --out shards/out/demo/3dpw/validation --workers 2 --no-progress
+	$(BIN)/python shards/pack_mpii.py --root data/demo/mpii --split train --out shards/out/demo/mpii/train --eft data/demo/mpii/MPII_ver01.json --workers 2 --no-progress
+	$(BIN)/python shards/verify.py shards/out/demo/3dpw/train shards/out/demo/3dpw/validation shards/out/demo/mpii/train
+	$(BIN)/python train/mean_params.py --out data/demo/mean_params.npz shards/out/demo/3dpw/train shards/out/demo/mpii/train
+	$(DEMO_LAUNCH) train/train.py --config configs/demo.yaml
+	$(BIN)/python train/evaluate.py --run runs/demo
+	$(BIN)/python train/show_run.py runs/demo
 
 lint: install
 	$(BIN)/ruff check .

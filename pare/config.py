@@ -135,6 +135,9 @@ class ModelConfig:
     # PARE/HRNet checkpoints, including the COCO-keypoint HRNet-W32); "timm" = timm's
     # pretrained weights (needs the network once).
     backbone_weights: str = ""
+    # SPIN-format mean parameters to start predictions from (smpl_mean_params.npz: pose, shape,
+    # cam); "" = identity joint rotations, the body upright, zero betas, camera scale 0.9.
+    mean_params: str = ""
     branch_layers: int = 2
     branch_channels: int = 128
     shape_cam_channels: int = 64

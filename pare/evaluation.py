@@ -102,3 +102,42 @@ def evaluate(model: nn.Module, loader, gt_bodies: GroundTruthBodies, device) -> 
         **values,
         "mean": {m: float(values[m].mean()) if len(keys) else float("nan") for m in METRICS},
     }
+
+
+def mean_training_pose(loader) -> tuple[torch.Tensor, torch.Tensor]:
+    """The mean-pose baseline's parameters from the training samples with SMPL: per joint the
+    rotation nearest (Frobenius) to the mean rotation matrix, and the mean betas."""
+    from pare.geometry import axis_angle_to_matrix
+
+    rot_sum, beta_sum, count = (
+        torch.zeros(24, 3, 3, dtype=torch.float64),
+        torch.zeros(10, dtype=torch.float64),
+        0,
+    )
+    for batch in loader:
+        keep = batch["has_smpl"]
+        rot_sum += axis_angle_to_matrix(batch["pose"][keep].double().view(-1, 24, 3)).sum(0)
+        beta_sum += batch["betas"][keep].double().sum(0)
+        count += int(keep.sum())
+    if count == 0:
+        raise ValueError(
+            "no training sample has SMPL parameters: the mean-pose baseline needs some"
+        )
+    u, _, vt = torch.linalg.svd(rot_sum / count)
+    sign = torch.sign(torch.linalg.det(u @ vt))  # a proper rotation, never a reflection
+    vt = torch.cat([vt[:, :2], vt[:, 2:] * sign[:, None, None]], dim=1)
+    return (u @ vt).float(), (beta_sum / count).float()
+
+
+class ConstantPrediction(nn.Module):
+    """A 'model' that predicts the same SMPL body for every image (the mean-pose baseline)."""
+
+    def __init__(self, rotmat: torch.Tensor, betas: torch.Tensor, smpl: nn.Module) -> None:
+        super().__init__()
+        self.register_buffer("rotmat", rotmat)  # (24, 3, 3)
+        self.register_buffer("betas", betas)  # (10,)
+        self.smpl = smpl
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        n = len(images)
+        return self.smpl(self.rotmat.expand(n, -1, -1, -1), self.betas.expand(n, -1))

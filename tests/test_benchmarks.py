@@ -59,3 +59,20 @@ def test_model_benchmark(tmp_path, monkeypatch):
     assert all(r["seconds"] > 0 and r["peak_mb"] > 0 for r in result["rows"])
     # Memory is measured, not assumed: the naive attention stores N x N matrices, the fused not.
     assert result["fused_over_naive_peak_mb"] < 0.5
+
+
+@pytest.mark.slow
+def test_ddp_benchmark(packed, tmp_path, monkeypatch):
+    data = [
+        f"data.train=[{{name: 3dpw, path: {packed / '3dpw'}, weight: 1.0}}]",
+        f"data.val=[{{name: 3dpw, path: {packed / '3dpw_val'}, weight: 1.0}}]",
+        "data.batch_size=2",
+        "model.mean_params=",
+    ]
+    result = _run("ddp.py", ["--steps", "3", *data], tmp_path, monkeypatch)
+    assert set(result["samples_per_s"]) == {
+        "1 process, 1 thread",
+        "1 process, 2 threads",
+        "2 processes, 1 thread each",
+    }
+    assert all(v > 0 for v in result["samples_per_s"].values()) and result["goal"] == 1.6

@@ -55,7 +55,12 @@ class SampleError(ValueError):
 
     def __init__(self, reason: str, detail: str) -> None:
         super().__init__(f"{reason}: {detail}")
-        self.reason = reason
+        self.reason, self.detail = reason, detail
+
+    def __reduce__(self):
+        # Raised in packing workers: it must unpickle in the parent, or the pool's result
+        # thread dies and the packer hangs.
+        return (SampleError, (self.reason, self.detail))
 
 
 def box_from_keypoints(keypoints: np.ndarray) -> tuple[np.ndarray, float] | None:

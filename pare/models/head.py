@@ -5,9 +5,13 @@ Legend: B batch, J = 24 parts, C branch channels, H x W the heatmap grid (56 x 5
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 import torch
 from torch import nn
 
+from pare.geometry import axis_angle_to_matrix, matrix_to_rot6d
 from pare.models.attention import PartSelfAttention
 
 NUM_PARTS = 24
@@ -74,9 +78,12 @@ class PareHead(nn.Module):
             nn.init.xavier_uniform_(weight, gain=0.01)  # small offsets from the neutral start
         nn.init.zeros_(self.shape.bias)
         nn.init.zeros_(self.camera.bias)
+        # The start is saved with the weights: a model trained from mean parameters (see
+        # set_mean_params) evaluates the same wherever its weights are loaded.
         start = torch.tensor([UPRIGHT_6D] + [IDENTITY_6D] * (NUM_PARTS - 1))  # (J, 6)
-        self.register_buffer("start_6d", start, persistent=False)
-        self.register_buffer("mean_camera", torch.tensor(MEAN_CAMERA), persistent=False)
+        self.register_buffer("start_6d", start)
+        self.register_buffer("start_betas", torch.zeros(10))
+        self.register_buffer("mean_camera", torch.tensor(MEAN_CAMERA))
 
     def forward(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
         part_logits = self.part_logits(self.branch_2d(features))  # (B, J+1, H, W)
@@ -97,6 +104,36 @@ class PareHead(nn.Module):
             "part_logits": part_logits,
             "part_attention": weights.unflatten(-1, heatmaps.shape[-2:]),  # (B, J, H, W)
             "pose_6d": pose_6d,  # to rotations in fp32 beside the SMPL layer
-            "betas": self.shape(flat),  # (B, 10)
+            "betas": self.shape(flat) + self.start_betas,  # (B, 10)
             "camera": self.camera(flat) + self.mean_camera,  # (B, 3) weak perspective [s, tx, ty]
         }
+
+
+def read_mean_params(path: str | Path) -> dict[str, torch.Tensor]:
+    """SPIN's ``smpl_mean_params.npz`` layout: ``pose`` (144,) 6D per joint (or (72,) axis-angle),
+    ``shape`` (10,), ``cam`` (3,). Read without pickle."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"mean parameters not found: {path}. Use SPIN's smpl_mean_params.npz, or write one from "
+            "your training shards with train/mean_params.py"
+        )
+    with np.load(path, allow_pickle=False) as data:
+        missing = {"pose", "shape", "cam"} - set(data.files)
+        if missing:
+            raise ValueError(
+                f"{path} lacks {sorted(missing)} (expected SPIN's mean-parameter keys)"
+            )
+        pose = torch.as_tensor(data["pose"], dtype=torch.float32).flatten()
+        shape = torch.as_tensor(data["shape"], dtype=torch.float32).flatten()[:10]
+        cam = torch.as_tensor(data["cam"], dtype=torch.float32).flatten()
+    if pose.numel() == 72:
+        pose = matrix_to_rot6d(axis_angle_to_matrix(pose.view(24, 3)))
+    return {"start_6d": pose.view(NUM_PARTS, 6), "start_betas": shape, "mean_camera": cam}
+
+
+def set_mean_params(head: PareHead, path: str | Path) -> None:
+    """Start the head's predictions from mean parameters (SPIN/PARE start from their mean pose)."""
+    with torch.no_grad():
+        for name, value in read_mean_params(path).items():
+            getattr(head, name).copy_(value)

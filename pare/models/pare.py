@@ -19,7 +19,7 @@ from pare.geometry import (
 )
 from pare.models.attention import PartSelfAttention
 from pare.models.backbones import build_backbone
-from pare.models.head import NUM_PARTS, PareHead
+from pare.models.head import NUM_PARTS, PareHead, set_mean_params
 
 
 class SMPLLayer(nn.Module):
@@ -104,4 +104,6 @@ def build_model(model_cfg, body_cfg) -> PARE:
         shape_cam_channels=model_cfg.shape_cam_channels,
         attention=attention,
     )
+    if model_cfg.mean_params:
+        set_mean_params(head, model_cfg.mean_params)
     return PARE(backbone, head, SMPLLayer(body_cfg.model_path, body_cfg.num_betas))

@@ -195,7 +195,10 @@ def test_bad_input_is_skipped_and_counted(raw, tmp_path):
     image.write_bytes(b"\xff\xd8\xff not really a jpeg")  # every actor in this frame loses it
     victim = broken / "sequenceFiles" / "train" / "zz_truncated.pkl"
     victim.write_bytes(train[0].read_bytes()[:500])
-    result = pack_3dpw(broken, "train", tmp_path / "out", "standin", OPTS)
+    # With worker processes: a sample error raised in a worker must travel back to the parent
+    # (an unpicklable exception once killed the pool's result thread and hung the packer).
+    parallel = ShardOptions(maxcount=6, workers=2, progress=False)
+    result = pack_3dpw(broken, "train", tmp_path / "out", "standin", parallel)
     manifest = json.loads(result["manifest"].read_text())
     assert manifest["skipped"]["unreadable_sequence"] == 1
     assert manifest["skipped"].get("corrupt_image", 0) >= (

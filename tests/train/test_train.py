@@ -232,3 +232,69 @@ def test_silent_mis_launches_fail_loudly(packed, tmp_path, flags, message):
     out = _train(_args(packed, tmp_path / "bad", "train.max_steps=1"), launcher, check=False)
     assert out.returncode != 0
     assert message in out.stderr and "ACCELERATE_USE_CPU=1" in out.stderr
+
+
+def test_evaluate_show_run_and_mean_params_entry_points(offline_run, packed, tmp_path):
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "train" / "evaluate.py"),
+            "--run",
+            str(offline_run),
+            "--out",
+            str(tmp_path / "e.json"),
+        ],
+        env=ENV,
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "mean-pose baseline" in out.stdout and "STAND-IN" in out.stdout
+    result = json.loads((tmp_path / "e.json").read_text())
+    manifest = json.loads((packed / "3dpw_val" / "manifest.json").read_text())
+    total = sum(s["nsamples"] for s in manifest["shardlist"])
+    assert [r["samples"] for r in result["rows"].values()] == [total, total]
+    baseline = result["rows"]["mean-pose baseline"]
+    assert 1.0 - next(iter(result["rows"].values()))["pa_mpjpe"] / baseline[
+        "pa_mpjpe"
+    ] == pytest.approx(result["pa_mpjpe_gain"])
+    impossible = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "train" / "evaluate.py"),
+            "--run",
+            str(offline_run),
+            "--out",
+            str(tmp_path / "f.json"),
+            "--require-gain",
+            "2",
+        ],
+        env=ENV,
+        capture_output=True,
+        text=True,
+    )
+    assert impossible.returncode == 1 and "below the required" in impossible.stderr
+
+    shown = subprocess.run(
+        [sys.executable, str(ROOT / "train" / "show_run.py"), str(offline_run)],
+        capture_output=True,
+        text=True,
+    )
+    assert shown.returncode == 0 and "wandb sync" in shown.stdout and "overlay" in shown.stdout
+
+    mean = tmp_path / "mean.npz"
+    made = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "train" / "mean_params.py"),
+            "--out",
+            str(mean),
+            str(packed / "3dpw"),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert made.returncode == 0, made.stderr
+    from pare.models.head import read_mean_params
+
+    assert read_mean_params(mean)["start_6d"].shape == (24, 6)
