@@ -25,6 +25,18 @@ TRAINER_STATE = "trainer_state.json"
 _STEP_DIR = re.compile(r"^step-(\d{7,})$")
 
 
+def run_entry_point(main, errors: tuple[type[BaseException], ...]) -> None:
+    """``sys.exit(main())`` for the scripts in ``train/``: the expected ``errors`` (bad config,
+    missing file, wrong launch) print one ``error: ...`` line and exit 2, without a traceback."""
+    import sys
+
+    try:
+        sys.exit(main())
+    except errors as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
 class LaunchError(RuntimeError):
     """The processes that started are not the ones the launcher was asked for."""
 

@@ -19,7 +19,7 @@ from pare.data.stream import eval_loader, shard_urls
 from pare.evaluation import ConstantPrediction, GroundTruthBodies, evaluate, mean_training_pose
 from pare.io_utils import write_json_atomic
 from pare.models import build_model
-from pare.runtime import load_weights
+from pare.runtime import load_weights, run_entry_point
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -83,8 +83,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except (ConfigError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    run_entry_point(main, (ConfigError, FileNotFoundError))

@@ -10,7 +10,6 @@ and PARE start from SPIN's ``smpl_mean_params.npz`` (which works here as well).
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +18,7 @@ from pare.data.stream import eval_loader, shard_urls
 from pare.evaluation import mean_training_pose
 from pare.geometry import matrix_to_rot6d
 from pare.io_utils import atomic_open
+from pare.runtime import run_entry_point
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,8 +41,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except (FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    run_entry_point(main, (FileNotFoundError, ValueError))

@@ -42,6 +42,7 @@ from pare.runtime import (
     export_weights,
     parameters_in_sync,
     resolve_resume,
+    run_entry_point,
     save_checkpoint,
 )
 from pare.visualize import overlay
@@ -156,6 +157,11 @@ def main(argv: list[str] | None = None) -> int:
 
     # ------------------------------------------------------------------ loop
     stop = StopRequest(run_dir, tc.time_budget_s).install()
+    accelerator.wait_for_everyone()
+    if main_process and stop.stop_file.exists():  # the request that ended the previous run
+        stop.stop_file.unlink()
+        log.info("removed %s left by the previous run", stop.stop_file)
+    accelerator.wait_for_everyone()
     bar = tqdm(total=tc.max_steps, initial=state.step, disable=not main_process, unit="step")
     nonfinite_in_a_row, stopped = 0, ""
     sums: dict[str, float] = {}
@@ -273,6 +279,7 @@ def main(argv: list[str] | None = None) -> int:
 
                 # -- evaluate
                 if val_urls and (state.step % tc.eval_every == 0 or state.step == tc.max_steps):
+                    eval_start = time.perf_counter()
                     loader_eval = eval_loader(
                         val_urls, cfg.data.batch_size, cfg.data.num_workers, cfg.data.crop_size
                     )
@@ -296,6 +303,7 @@ def main(argv: list[str] | None = None) -> int:
                     metrics["val/best_pa_mpjpe_mm"] = state.best_pa_mpjpe
                     accelerator.log(metrics, step=state.step)
                     state.history[str(state.step)] = result["mean"]
+                    timer["start"] += time.perf_counter() - eval_start  # not training time
                     log.info(
                         "eval step %d: %s (%d samples)",
                         state.step,
@@ -375,8 +383,4 @@ def log_overlay(accelerator, run_dir: Path, step: int, batch: dict, pred: dict, 
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except (ConfigError, LaunchError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    run_entry_point(main, (ConfigError, LaunchError, FileNotFoundError))

@@ -88,6 +88,12 @@ def shard_urls(path: str) -> list[str]:
         return [str(manifest.parent / s["url"]) for s in data["shardlist"]]
     if p.is_dir():
         raise FileNotFoundError(f"{p} has no manifest.json; pack it with shards/pack_*.py first")
+    local = ":" not in path.split("/", 1)[0] and "{" not in path
+    if local and not p.exists():
+        raise FileNotFoundError(
+            f"{p} not found: pass a packed split folder (with manifest.json), a manifest, shard "
+            "files, a brace pattern or URLs"
+        )
     return list(wds.shardlists.expand_urls(str(path)))
 
 

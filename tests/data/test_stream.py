@@ -146,6 +146,8 @@ def test_sources_from_config(packed):
 def test_missing_manifest_is_explained(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"no manifest\.json; pack it"):
         shard_urls(str(tmp_path))
+    with pytest.raises(FileNotFoundError, match=r"nowhere not found: pass a packed split folder"):
+        shard_urls(str(tmp_path / "nowhere"))
 
 
 @pytest.mark.slow

@@ -55,6 +55,12 @@ def _train(args, launcher=(), check=True, timeout=600, env=None):
     return out
 
 
+def _script(name, *args):
+    """Run one of train/'s scripts; the completed process."""
+    cmd = [sys.executable, str(ROOT / "train" / name), *map(str, args)]
+    return subprocess.run(cmd, env=ENV, capture_output=True, text=True)
+
+
 def _logged_steps(run_dir):
     lines = (run_dir / "train.log").read_text().splitlines()
     return [int(line.split(" step ")[1].split()[0]) for line in lines if " INFO step " in line]
@@ -235,66 +241,29 @@ def test_silent_mis_launches_fail_loudly(packed, tmp_path, flags, message):
 
 
 def test_evaluate_show_run_and_mean_params_entry_points(offline_run, packed, tmp_path):
-    out = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "train" / "evaluate.py"),
-            "--run",
-            str(offline_run),
-            "--out",
-            str(tmp_path / "e.json"),
-        ],
-        env=ENV,
-        capture_output=True,
-        text=True,
-    )
+    out = _script("evaluate.py", "--run", offline_run, "--out", tmp_path / "e.json")
     assert out.returncode == 0, out.stderr[-3000:]
     assert "mean-pose baseline" in out.stdout and "STAND-IN" in out.stdout
     result = json.loads((tmp_path / "e.json").read_text())
     manifest = json.loads((packed / "3dpw_val" / "manifest.json").read_text())
     total = sum(s["nsamples"] for s in manifest["shardlist"])
     assert [r["samples"] for r in result["rows"].values()] == [total, total]
-    baseline = result["rows"]["mean-pose baseline"]
-    assert 1.0 - next(iter(result["rows"].values()))["pa_mpjpe"] / baseline[
-        "pa_mpjpe"
-    ] == pytest.approx(result["pa_mpjpe_gain"])
-    impossible = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "train" / "evaluate.py"),
-            "--run",
-            str(offline_run),
-            "--out",
-            str(tmp_path / "f.json"),
-            "--require-gain",
-            "2",
-        ],
-        env=ENV,
-        capture_output=True,
-        text=True,
+    ours, baseline = (r["pa_mpjpe"] for r in result["rows"].values())
+    assert 1.0 - ours / baseline == pytest.approx(result["pa_mpjpe_gain"])
+    impossible = _script(
+        "evaluate.py", "--run", offline_run, "--out", tmp_path / "f.json", "--require-gain", 2
     )
     assert impossible.returncode == 1 and "below the required" in impossible.stderr
 
-    shown = subprocess.run(
-        [sys.executable, str(ROOT / "train" / "show_run.py"), str(offline_run)],
-        capture_output=True,
-        text=True,
-    )
+    shown = _script("show_run.py", offline_run)
     assert shown.returncode == 0 and "wandb sync" in shown.stdout and "overlay" in shown.stdout
+    missing = _script("show_run.py", tmp_path)
+    assert missing.returncode == 2 and "not a run folder" in missing.stderr
 
-    mean = tmp_path / "mean.npz"
-    made = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "train" / "mean_params.py"),
-            "--out",
-            str(mean),
-            str(packed / "3dpw"),
-        ],
-        capture_output=True,
-        text=True,
-    )
+    made = _script("mean_params.py", "--out", tmp_path / "mean.npz", packed / "3dpw")
     assert made.returncode == 0, made.stderr
     from pare.models.head import read_mean_params
 
-    assert read_mean_params(mean)["start_6d"].shape == (24, 6)
+    assert read_mean_params(tmp_path / "mean.npz")["start_6d"].shape == (24, 6)
+    bad = _script("mean_params.py", "--out", tmp_path / "x.npz", tmp_path / "nothing")
+    assert bad.returncode == 2 and "nothing not found" in bad.stderr
