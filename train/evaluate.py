@@ -66,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, result in rows.items():
         m = result["mean"]
         print(f"| {name:<34} | {m['mpjpe']:>7.1f} | {m['pa_mpjpe']:>8.1f} | {m['pve']:>7.1f} |")
-    print(f"\nPA-MPJPE {100 * gain:.0f}% below the mean-pose baseline")
+    side = "below" if gain >= 0 else "above"
+    print(f"\nPA-MPJPE {100 * abs(gain):.0f}% {side} the mean-pose baseline's")
     out = args.out or run / "eval.json"
     summary = {name: r["mean"] | {"samples": len(r["keys"])} for name, r in rows.items()}
     write_json_atomic(
