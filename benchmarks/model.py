@@ -8,7 +8,7 @@ attention, side by side in one run.
 Rows: forward+backward time (best of ``--repeats`` after a warm-up) and peak memory for vanilla
 PARE, the variant at its default attention resolution (28x28) and at full resolution (56x56),
 in fp32 and under bf16 autocast (CPUs without native bf16 run it an order of magnitude slower
-than fp32, hence its own, smaller ``--bf16-repeats``); then the attention block alone, fused (SDPA) against naive, at
+than fp32, hence its own, smaller ``--bf16-repeats``; 0 times the first, measured step); then the attention block alone, fused (SDPA) against naive, at
 56x56. Every row runs in a fresh subprocess, so its peak resident memory (``ru_maxrss``, minus
 what the process held before the first forward) is its own.
 
@@ -23,6 +23,7 @@ import json
 import resource
 import subprocess
 import sys
+import time
 import timeit
 from pathlib import Path
 
@@ -47,6 +48,18 @@ def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
+def _measure(step, repeats: int) -> dict:
+    """Peak memory of the first call; time: best of ``repeats`` more calls, or with
+    ``repeats=0`` the first call itself (for steps so slow that warm-up costs are noise)."""
+    base = _rss_mb()
+    start = time.perf_counter()
+    step()
+    first = time.perf_counter() - start
+    peak = _peak_mb() - base
+    seconds = min(timeit.repeat(step, number=1, repeat=repeats)) if repeats else first
+    return {"seconds": seconds, "peak_mb": peak}
+
+
 def measure_model(backbone: str, batch: int, precision: str, overrides: list, repeats: int) -> dict:
     from pare.config import load_config
     from pare.models import build_model
@@ -63,10 +76,7 @@ def measure_model(backbone: str, batch: int, precision: str, overrides: list, re
         loss.backward()
         model.zero_grad(set_to_none=True)
 
-    base = _rss_mb()
-    step()
-    peak = _peak_mb() - base
-    return {"seconds": min(timeit.repeat(step, number=1, repeat=repeats)), "peak_mb": peak}
+    return _measure(step, repeats)
 
 
 def measure_attention(kind: str, batch: int, repeats: int) -> dict:
@@ -83,10 +93,7 @@ def measure_attention(kind: str, batch: int, repeats: int) -> dict:
     def step() -> None:
         attention(maps).square().mean().backward()
 
-    base = _rss_mb()
-    step()
-    peak = _peak_mb() - base
-    return {"seconds": min(timeit.repeat(step, number=1, repeat=repeats)), "peak_mb": peak}
+    return _measure(step, repeats)
 
 
 def _in_subprocess(args: list[str]) -> dict:
@@ -131,7 +138,9 @@ def main(argv: list[str] | None = None) -> dict:
         job = ["model", args.backbone, args.batch, precision, overrides, repeats]
         rows.append({"model": name, "precision": precision, **_in_subprocess(job)})
     attention = {
-        kind: _in_subprocess(["attention", kind, args.batch, args.repeats])
+        # Always batch 8: at small batches the import-time peak of the process hides the
+        # attention's own memory.
+        kind: _in_subprocess(["attention", kind, 8, args.repeats])
         for kind in ("fused", "naive")
     }
 
@@ -165,7 +174,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"{'model':<26}{'precision':>10}{'seconds':>10}{'peak MB':>10}")
     for r in rows:
         print(f"{r['model']:<26}{r['precision']:>10}{r['seconds']:>10.2f}{r['peak_mb']:>10.0f}")
-    print(f"\nattention block alone, 56x56, 4 heads, batch {args.batch}, fwd+bwd")
+    print("\nattention block alone, 56x56, 4 heads, batch 8, fwd+bwd")
     for kind, r in attention.items():
         print(f"{kind:<26}{'fp32':>10}{r['seconds']:>10.2f}{r['peak_mb']:>10.0f}")
     print()

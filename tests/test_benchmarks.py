@@ -67,7 +67,7 @@ def test_ddp_benchmark(packed, tmp_path, monkeypatch):
         f"data.train=[{{name: 3dpw, path: {packed / '3dpw'}, weight: 1.0}}]",
         f"data.val=[{{name: 3dpw, path: {packed / '3dpw_val'}, weight: 1.0}}]",
         "data.batch_size=2",
-        "model.mean_params=",
+        "model.mean_params=''",
     ]
     result = _run("ddp.py", ["--steps", "3", *data], tmp_path, monkeypatch)
     assert set(result["samples_per_s"]) == {

@@ -67,7 +67,7 @@ def test_targets_stay_on_the_rendered_person(packed, seed):
     rng = np.random.default_rng(seed)
     labels = load_eval_assets("standin").part_labels
     models = {}
-    agreement = []
+    agreement, stray = [], []
     for sample in _decoded(packed / "3dpw", 6):
         params = draw_params(rng, cfg)
         out = augment(sample, params)
@@ -92,9 +92,14 @@ def test_targets_stay_on_the_rendered_person(packed, seed):
             [Mesh(verts, model.faces.astype(np.int64), labels)],
             Camera(k, np.eye(3), np.zeros(3), 56, 56),
         ).parts
-        person = (fresh > 0) | (out["part_labels"] > 0)
-        agreement.append((fresh[person] == out["part_labels"][person]).mean())
-    assert np.mean(agreement) > 0.85
+        # Other actors and props occlude the packed map but not the fresh render, so compare
+        # labels where both see this person, and require the packed labels to lie on it.
+        packed_person = out["part_labels"] > 0
+        both = (fresh > 0) & packed_person
+        agreement.append((fresh[both] == out["part_labels"][both]).mean())
+        stray.append((packed_person & (fresh == 0)).sum() / max(1, packed_person.sum()))
+    print(f"label agreement {np.round(agreement, 3)}, stray {np.round(stray, 3)}")
+    assert np.mean(agreement) > 0.9 and np.mean(stray) < 0.1
 
 
 def test_colour_and_occlusion_change_only_the_image(packed):

@@ -1,10 +1,10 @@
-"""Run under `accelerate launch` (2 CPU processes) or alone: a few Adam steps of a small PARE on
+"""Run under `accelerate launch` (2 CPU processes) or alone: a few SGD steps of a small PARE on
 one fixed global batch (saved by the test), each rank taking its contiguous share; writes the
 parameters each rank ends with.
 
-BatchNorm runs on its running statistics (the model in eval mode): with per-rank batch
-statistics, DDP over two half batches is a different computation from one process over the
-whole batch, and the comparison would test BatchNorm, not gradient averaging.
+BatchNorm runs on running statistics taken from the whole batch (the model in eval mode): with
+per-rank batch statistics, DDP over two half batches is a different computation from one
+process over the whole batch, and the comparison would test BatchNorm, not gradient averaging.
 """
 
 import sys
@@ -19,7 +19,7 @@ from pare.data.batch import normalize_images
 from pare.losses import pare_loss
 from pare.models import build_model
 
-STEPS = 3
+STEPS = 1  # one step isolates the averaging; later steps compound rounding through a deep net
 
 
 def main() -> None:
@@ -30,10 +30,20 @@ def main() -> None:
     )
     set_seed(0)
     model = build_model(cfg.model, cfg.body)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    # Plain SGD: the update is linear in the averaged gradient, so the comparison tests the
+    # averaging; Adam's m / sqrt(v) would magnify last-bit differences of tiny gradients.
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-5)
+    batch = torch.load(batch_file, weights_only=True)
+    # Running statistics from the whole batch (the same on every rank): with the initial ones
+    # (mean 0, variance 1) a random deep network's activations explode.
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.momentum = None  # a cumulative average
+    with torch.no_grad():
+        model.train()(normalize_images(batch["image"]))
+    initial = {n: p.detach().clone() for n, p in model.named_parameters()}
     model, optimizer = accelerator.prepare(model, optimizer)
     model.eval()
-    batch = torch.load(batch_file, weights_only=True)
     share = len(batch["image"]) // accelerator.num_processes
     lo = accelerator.process_index * share
     local = {k: v[lo : lo + share] for k, v in batch.items()}
@@ -46,6 +56,7 @@ def main() -> None:
     torch.save(
         params, out / f"params_rank{accelerator.process_index}_of{accelerator.num_processes}.pt"
     )
+    torch.save(initial, out / "params_initial.pt")
 
 
 if __name__ == "__main__":

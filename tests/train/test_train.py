@@ -201,15 +201,23 @@ def test_two_cpu_processes_match_one_process_with_the_same_global_batch(packed, 
     ):
         out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
         assert out.returncode == 0, out.stderr[-3000:]
-    rank0, rank1, single = (
+    rank0, rank1, single, initial = (
         torch.load(tmp_path / name, weights_only=True)
-        for name in ("params_rank0_of2.pt", "params_rank1_of2.pt", "params_rank0_of1.pt")
+        for name in (
+            "params_rank0_of2.pt",
+            "params_rank1_of2.pt",
+            "params_rank0_of1.pt",
+            "params_initial.pt",
+        )
     )
     for name in single:
         assert torch.equal(rank0[name], rank1[name]), name  # identical across ranks
-        torch.testing.assert_close(rank0[name], single[name], atol=2e-5, rtol=1e-4, msg=name)
-    moved = sum(float((single[n] - p).abs().max() > 0) for n, p in rank0.items())
-    assert moved > 0
+        # Equal to one process within fp32 summation noise, relative to the update itself.
+        update = float((single[name] - initial[name]).abs().max())
+        gap = float((rank0[name] - single[name]).abs().max())
+        assert gap <= 1e-3 * update + 1e-8, (name, gap, update)
+    moved = sum(float((single[n] - p).abs().max() > 0) for n, p in initial.items())
+    assert moved > 0.9 * len(initial)
 
 
 def test_train_py_under_two_cpu_processes_stays_in_sync(packed, tmp_path):
