@@ -333,8 +333,8 @@ class StreamState:
     current loader was built for, how many of its batches this rank has consumed, and the run's
     seed. A resumed run rebuilds that epoch's loader (deterministic per seed, epoch, rank and
     worker) and skips the consumed batches, so it trains on the samples it had not seen yet, in
-    the order an uninterrupted run would have. Register it with Accelerate's
-    ``register_for_checkpointing``."""
+    the order an uninterrupted run would have. train/train.py keeps it in the checkpoint's
+    ``trainer_state.json``."""
 
     epoch: int = 0
     seed: int = 0
