@@ -21,6 +21,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from pare.runtime import accelerate_launch_command
+
 ROOT = Path(__file__).parents[1]
 
 
@@ -29,22 +31,7 @@ def run(processes: int, threads: int, args: list[str], out: Path) -> float:
     cmd = [sys.executable, str(ROOT / "train" / "train.py")]
     if processes > 1:
         env["ACCELERATE_USE_CPU"] = "1"
-        cmd = [
-            str(Path(sys.executable).parent / "accelerate"),
-            "launch",
-            "--multi_gpu",
-            "--num_processes",
-            str(processes),
-            "--num_machines",
-            "1",
-            "--mixed_precision",
-            "no",
-            "--dynamo_backend",
-            "no",
-            "--main_process_port",
-            "29561",
-            str(ROOT / "train" / "train.py"),
-        ]
+        cmd = [*accelerate_launch_command(processes, 29561), str(ROOT / "train" / "train.py")]
     result = subprocess.run(
         [*cmd, *args, f"train.output_dir={out}"], env=env, capture_output=True, text=True
     )

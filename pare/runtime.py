@@ -37,6 +37,29 @@ def run_entry_point(main, errors: tuple[type[BaseException], ...]) -> None:
         sys.exit(2)
 
 
+def accelerate_launch_command(processes: int, port: int, *flags: str) -> list[str]:
+    """The ``accelerate launch`` prefix for ``processes`` local processes (``flags`` default to
+    ``--multi_gpu``; on CPU the environment also needs ACCELERATE_USE_CPU=1), next to this
+    Python's interpreter."""
+    import sys
+
+    return [
+        str(Path(sys.executable).parent / "accelerate"),
+        "launch",
+        *(flags or ("--multi_gpu",)),
+        "--num_processes",
+        str(processes),
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(port),
+    ]
+
+
 class LaunchError(RuntimeError):
     """The processes that started are not the ones the launcher was asked for."""
 

@@ -1,5 +1,4 @@
 import os
-import sys
 from pathlib import Path
 
 import pytest
@@ -34,7 +33,6 @@ def standin_folder(_isolated_cache):
 @pytest.fixture(scope="session")
 def test_output():
     """A folder for artefacts meant to be looked at after the run (runs/ is git-ignored)."""
-    from pathlib import Path
 
     folder = Path(__file__).parents[1] / "runs" / "test-output"
     folder.mkdir(parents=True, exist_ok=True)
@@ -74,21 +72,7 @@ def packed(raw, tmp_path_factory):
 
 
 def accelerate_launch(processes: int, port: int, *flags: str) -> list[str]:
-    """The ``accelerate launch`` prefix the tests use (``flags`` default to ``--multi_gpu``;
-    CPU runs also need ACCELERATE_USE_CPU=1 in the environment)."""
-    launcher = str(Path(sys.executable).parent / "accelerate")
-    return [
-        launcher,
-        "launch",
-        *(flags or ("--multi_gpu",)),
-        "--num_processes",
-        str(processes),
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_port",
-        str(port),
-    ]
+    """The ``accelerate launch`` prefix the tests use (see pare.runtime)."""
+    from pare.runtime import accelerate_launch_command
+
+    return accelerate_launch_command(processes, port, *flags)
