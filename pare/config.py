@@ -98,6 +98,14 @@ class DataConfig:
     def __post_init__(self) -> None:
         if not self.train:
             raise ConfigError("data.train is empty; list at least one {name, path, weight}")
+        # Every backbone downsamples by 32 at its coarsest and the part maps come out at 1/4.
+        if self.crop_size % 32:
+            raise ConfigError(f"data.crop_size={self.crop_size} must be a multiple of 32")
+        if self.heatmap_size != self.crop_size // 4:
+            raise ConfigError(
+                f"data.heatmap_size={self.heatmap_size} must be data.crop_size // 4 = "
+                f"{self.crop_size // 4} (the model's part maps are at a quarter of the input)"
+            )
         for i, source in enumerate(self.train):
             if source.weight <= 0:
                 raise ConfigError(f"data.train[{i}].weight={source.weight} must be positive")

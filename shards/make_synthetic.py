@@ -1,6 +1,7 @@
 """Generate synthetic datasets in the real on-disk formats (see pare.data.synthetic_*).
 
 python shards/make_synthetic.py 3dpw --out data/synthetic/3dpw --sequences 3 --frames 60 --seed 0
+python shards/make_synthetic.py 3dpw --out data/demo/3dpw --sequences 120 --frames 8 --split-ratio 3 1 0
 python shards/make_synthetic.py mpii --out data/synthetic/mpii --images 200 --seed 0 [--eft]
 """
 
@@ -22,6 +23,14 @@ def main(argv: list[str] | None = None) -> int:
     p3.add_argument("--sequences", type=int, default=3)
     p3.add_argument("--frames", type=int, default=60)
     p3.add_argument("--seed", type=int, default=0)
+    p3.add_argument(
+        "--split-ratio",
+        type=int,
+        nargs=3,
+        metavar=("TRAIN", "VAL", "TEST"),
+        default=(1, 1, 1),
+        help="sequences per split in each round-robin round (default 1 1 1)",
+    )
     p3.add_argument(
         "--size",
         type=int,
@@ -53,8 +62,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.dataset == "3dpw":
         if args.sequences < 1 or args.frames < 1:
             parser.error("--sequences and --frames must be at least 1")
+        if min(args.split_ratio) < 0 or sum(args.split_ratio) == 0:
+            parser.error("--split-ratio takes three counts >= 0, not all zero")
         cfg = Synthetic3DPWConfig(
-            args.sequences, args.frames, args.seed, *args.size, model_path=args.model_path
+            args.sequences,
+            args.frames,
+            args.seed,
+            *args.size,
+            model_path=args.model_path,
+            split_ratio=tuple(args.split_ratio),
         )
         paths = make_3dpw(args.out, cfg, progress=not args.no_progress)
         print(f"wrote {len(paths)} sequences to {args.out}", file=sys.stderr)

@@ -61,6 +61,11 @@ def test_yaml_then_cli_precedence(tmp_path):
             r"data\.train\[0\]\.weight=0.0 must be positive",
         ),
         (["optim.lr"], r"not of the form key=value"),
+        (["data.crop_size=100"], r"data\.crop_size=100 must be a multiple of 32"),
+        (
+            ["data.crop_size=128"],
+            r"data\.heatmap_size=56 must be data\.crop_size // 4 = 32",
+        ),
     ],
 )
 def test_bad_overrides_name_the_key(overrides, pattern):

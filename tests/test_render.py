@@ -121,3 +121,24 @@ def test_close_up_is_chunked_without_changing_the_result(posed_body):
     chunked = rasterize(verts, faces, camera, max_pairs=5000)
     np.testing.assert_array_equal(whole.face, chunked.face)
     np.testing.assert_array_equal(whole.depth, chunked.depth)
+
+
+@pytest.mark.parametrize("size", [128, 224, 256])
+def test_overlay_frames_the_mesh_the_same_at_any_crop_size(size):
+    """PARE's translation assumes f = 5000 px on a 224 px crop: a box half a metre wide at 25 m
+    covers 0.5 * 5000 / 25 = 100 of 224 px, i.e. the same fraction of a crop of any size."""
+    from pare.visualize import overlay
+
+    box = box_mesh(np.zeros(3), np.array([0.5, 0.5, 0.5]), np.ones(3))
+    picture = overlay(
+        np.zeros((size, size, 3), np.uint8),
+        box.vertices,
+        box.faces,
+        np.array([0.0, 0.0, 25.0]),
+        np.zeros((0, 2)),
+        np.zeros((1, 3)),
+    )
+    covered = np.nonzero(picture[:, :size].any(-1).any(0))[0]  # columns the box reaches
+    width = (covered.max() - covered.min() + 1) / size
+    # The front face spans 100/224 of the crop, the back face (25.25 m) slightly less.
+    assert width == pytest.approx(0.5 * 5000 / 24.75 / 224, abs=2 / size)

@@ -45,17 +45,20 @@ def main(argv: list[str] | None = None) -> int:
     gt_bodies = GroundTruthBodies(cfg.body.model_path)
     val_urls = [u for entry in cfg.data.val for u in shard_urls(entry.path)]
     train_urls = [u for entry in cfg.data.train for u in shard_urls(entry.path)]
-    batch, workers = cfg.data.batch_size, cfg.data.num_workers
+    data = cfg.data
 
-    rotmat, betas = mean_training_pose(eval_loader(train_urls, batch, workers))
+    def loader(urls: list[str]):
+        return eval_loader(
+            urls, data.batch_size, data.num_workers, data.crop_size, data.heatmap_size
+        )
+
+    rotmat, betas = mean_training_pose(loader(train_urls))
     baseline = ConstantPrediction(rotmat, betas, model.smpl)
     rows = {
         f"PARE ({cfg.model.backbone}, step {meta.get('step', '?')})": evaluate(
-            model, eval_loader(val_urls, batch, workers), gt_bodies, "cpu"
+            model, loader(val_urls), gt_bodies, "cpu"
         ),
-        "mean-pose baseline": evaluate(
-            baseline, eval_loader(val_urls, batch, workers), gt_bodies, "cpu"
-        ),
+        "mean-pose baseline": evaluate(baseline, loader(val_urls), gt_bodies, "cpu"),
     }
     ours, base = rows.values()
     gain = 1.0 - ours["mean"]["pa_mpjpe"] / base["mean"]["pa_mpjpe"]

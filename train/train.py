@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
                     k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v
                     for k, v in batch.items()
                 }
-                images = normalize_images(batch["image"])  # (B, 3, 224, 224) float
+                images = normalize_images(batch["image"])  # (B, 3, S, S) float, S = data.crop_size
                 if tc.channels_last:
                     images = images.contiguous(memory_format=torch.channels_last)
                 timer["data"] += time.perf_counter() - tick
@@ -281,7 +281,11 @@ def main(argv: list[str] | None = None) -> int:
                 if val_urls and (state.step % tc.eval_every == 0 or state.step == tc.max_steps):
                     eval_start = time.perf_counter()
                     loader_eval = eval_loader(
-                        val_urls, cfg.data.batch_size, cfg.data.num_workers, cfg.data.crop_size
+                        val_urls,
+                        cfg.data.batch_size,
+                        cfg.data.num_workers,
+                        cfg.data.crop_size,
+                        cfg.data.heatmap_size,
                     )
                     # The unwrapped model (autocast kept): DDP's forward could start collectives,
                     # and ranks hold different numbers of evaluation batches.

@@ -319,9 +319,13 @@ class EvalSamples(IterableDataset):
 
 
 def eval_loader(
-    urls: list[str], batch_size: int, num_workers: int = 0, input_size: int = 224
+    urls: list[str],
+    batch_size: int,
+    num_workers: int = 0,
+    input_size: int = 224,
+    label_size: int = 56,
 ) -> torch.utils.data.DataLoader:
-    dataset = EvalSamples(urls, input_size)
+    dataset = EvalSamples(urls, input_size, label_size)
     return torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate
     )

@@ -49,11 +49,24 @@ class Synthetic3DPWConfig:
     height: int = REAL_HEIGHT
     jpeg_quality: int = 90
     model_path: str = "standin"
+    # Sequences per split in each round of the round-robin (train, validation, test).
+    split_ratio: tuple[int, int, int] = (1, 1, 1)
 
 
-def split_of(index: int) -> str:
-    """Round-robin over train, validation, test so small sets still have every split."""
-    return SPLITS[index % 3]
+def split_plan(sequences: int, ratio: tuple[int, int, int] = (1, 1, 1)) -> list[tuple[str, str]]:
+    """(split, activity) of each sequence. Splits go round-robin in ``ratio`` (so small sets
+    still have every split with a non-zero share); activities go round-robin within each split
+    (so three sequences of a split cover all three activities)."""
+    if len(ratio) != len(SPLITS) or min(ratio) < 0 or sum(ratio) == 0:
+        raise ValueError(f"split ratio {ratio} needs three counts >= 0, not all zero")
+    pattern = [split for split, count in zip(SPLITS, ratio, strict=True) for _ in range(count)]
+    seen = dict.fromkeys(SPLITS, 0)
+    plan = []
+    for index in range(sequences):
+        split = pattern[index % len(pattern)]
+        plan.append((split, motion.ACTIVITIES[seen[split] % len(motion.ACTIVITIES)]))
+        seen[split] += 1
+    return plan
 
 
 def make_3dpw(out: str | Path, cfg: Synthetic3DPWConfig, progress: bool = True) -> list[Path]:
@@ -64,9 +77,9 @@ def make_3dpw(out: str | Path, cfg: Synthetic3DPWConfig, progress: bool = True) 
     bar = tqdm(
         total=cfg.sequences * cfg.frames, desc="3DPW frames", unit="frame", disable=not progress
     )
-    for index in range(cfg.sequences):
+    for index, (split, activity) in enumerate(split_plan(cfg.sequences, cfg.split_ratio)):
         rng = np.random.default_rng([cfg.seed, index])
-        written.append(_make_sequence(out, index, rng, bodies, cfg, bar))
+        written.append(_make_sequence(out, index, split, activity, rng, bodies, cfg, bar))
     bar.close()
     return written
 
@@ -74,6 +87,8 @@ def make_3dpw(out: str | Path, cfg: Synthetic3DPWConfig, progress: bool = True) 
 def _make_sequence(
     out: Path,
     index: int,
+    split: str,
+    activity: str,
     rng: np.random.Generator,
     bodies: BodyModels,
     cfg: Synthetic3DPWConfig,
@@ -82,9 +97,6 @@ def _make_sequence(
     n = cfg.frames
     times_60 = np.arange(2 * n) / 60.0
     n_actors = 1 + int(rng.random() < 0.5)
-    # Activities go round-robin within each split (sequence i is in split i % 3), so a set of
-    # nine sequences or more has every activity in every split.
-    activity = motion.ACTIVITIES[(index // len(SPLITS)) % len(motion.ACTIVITIES)]
     name = f"synthetic_{activity}_{index:02d}"
 
     actors = []
@@ -204,7 +216,7 @@ def _make_sequence(
         "campose_valid": [_campose_valid(rng, n) for _ in actors],
         "img_frame_ids": 2 * np.arange(n),
     }
-    return dump_py2(sequence, out / "sequenceFiles" / split_of(index) / f"{name}.pkl")
+    return dump_py2(sequence, out / "sequenceFiles" / split / f"{name}.pkl")
 
 
 def _campose_valid(rng: np.random.Generator, n: int) -> np.ndarray:

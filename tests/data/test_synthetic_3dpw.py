@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import simplejpeg
 
-from pare.data.synthetic_3dpw import Synthetic3DPWConfig, make_3dpw
+from pare.data.synthetic_3dpw import Synthetic3DPWConfig, make_3dpw, split_plan
 from pare.safe_pickle import load_pickle
 
 WIDTH, HEIGHT, FRAMES = 135, 240, 8
@@ -199,3 +199,29 @@ def test_deterministic_for_a_seed(tmp_path):
     )
     first = next((tmp_path / "a" / "sequenceFiles").rglob("*.pkl"))
     assert not np.array_equal(_load(other[0])["poses"][0], _load(first)["poses"][0])
+
+
+def test_split_plan_ratio_and_activities():
+    plan = split_plan(16, (3, 1, 0))
+    splits = [split for split, _ in plan]
+    assert splits[:8] == ["train"] * 3 + ["validation"] + ["train"] * 3 + ["validation"]
+    assert splits.count("train") == 12 and splits.count("validation") == 4
+    for split in ("train", "validation"):
+        acts = [activity for s, activity in plan if s == split]
+        # Every activity once in each three sequences of a split, in order.
+        assert all(
+            set(acts[i : i + 3]) == {"walk", "wave", "squat"} for i in range(0, len(acts) - 2, 3)
+        )
+    assert [s for s, _ in split_plan(6)] == ["train", "validation", "test"] * 2
+    with pytest.raises(ValueError, match="split ratio"):
+        split_plan(3, (0, 0, 0))
+
+
+def test_split_ratio_writes_sequences_where_planned(tmp_path):
+    paths = make_3dpw(
+        tmp_path,
+        Synthetic3DPWConfig(sequences=3, frames=2, width=64, height=96, split_ratio=(2, 1, 0)),
+        progress=False,
+    )
+    assert [p.parent.name for p in paths] == ["train", "train", "validation"]
+    assert [p.stem.split("_")[1] for p in paths] == ["walk", "wave", "walk"]
