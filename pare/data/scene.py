@@ -26,6 +26,9 @@ _SHIRT = (3, 6, 9, 13, 14, 16, 17)
 _SLEEVE = (18, 19)
 _PANTS = (0, 1, 2, 4, 5)
 _SHOES = (7, 8, 10, 11)
+_HEAD = 15
+_CHEST = (6, 9)
+_HAIR = np.array([[0.1, 0.07, 0.05], [0.3, 0.18, 0.08], [0.75, 0.6, 0.3], [0.5, 0.5, 0.5]])
 
 
 class BodyModels:
@@ -39,6 +42,8 @@ class BodyModels:
         self.part_labels = assets.part_labels
         self.h36m = torch.from_numpy(assets.h36m_regressor).float()
         self.faces = self.models["neutral"].faces.astype(np.int64)
+        # The neutral body at rest (V, 3): where clothing and hair go, whatever the person's shape.
+        self.rest_vertices = self.models["neutral"].v_template.double().numpy()
         self.is_standin = self.models["neutral"].is_standin
 
     def forward(
@@ -89,7 +94,28 @@ class Appearance:
     texture: np.ndarray  # (64, 64, 3) uint8, 3DPW's texture_maps stand-in
 
 
-def random_appearance(rng: np.random.Generator, part_labels: np.ndarray) -> Appearance:
+def _front_back_marks(rest: np.ndarray, part_labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Vertex masks (V,) of the hair (back and top of the head) and of a print on the front of
+    the shirt, from the body at rest (y up, facing +z). Without them a person seen from behind
+    looks like one seen from the front, mirrored, which real people (faces, hair, collars) do
+    not: a model could not tell which arm is raised."""
+    head = part_labels == _HEAD
+    lo, hi = rest[head].min(0), rest[head].max(0)
+    rel = (rest - lo) / np.maximum(hi - lo, 1e-9)  # position within the head's bounding box
+    hair = head & ((rel[:, 2] < 0.55) | (rel[:, 1] > 0.8))
+    chest = np.isin(part_labels, _CHEST)
+    c_lo, c_hi = rest[chest].min(0), rest[chest].max(0)
+    centre_x = 0.5 * (c_lo[0] + c_hi[0])
+    front = rest[:, 2] > c_lo[2] + 0.6 * (c_hi[2] - c_lo[2])
+    band = np.abs(rest[:, 0] - centre_x) < 0.25 * (c_hi[0] - c_lo[0])
+    return hair, chest & front & band
+
+
+def random_appearance(
+    rng: np.random.Generator, part_labels: np.ndarray, rest_vertices: np.ndarray | None = None
+) -> Appearance:
+    """Random skin and clothing colours; with the body at rest (V, 3) also hair and a shirt print
+    that tell the front of a person from the back."""
     skin = np.array([0.95, 0.76, 0.62]) * rng.uniform(0.45, 1.0)
     shirt, pants, shoes = (
         rng.uniform(0.05, 0.95, 3),
@@ -108,10 +134,17 @@ def random_appearance(rng: np.random.Generator, part_labels: np.ndarray) -> Appe
         colors[list(group)] = color
     # Slight per-part variation so parts stay distinguishable.
     colors = np.clip(colors * rng.uniform(0.9, 1.1, (24, 1)), 0, 1)
+    vertex_colors = colors[part_labels]
+    hair_color = rng.choice(_HAIR) * rng.uniform(0.8, 1.2)
+    print_color = 1.0 - shirt  # contrasting
+    if rest_vertices is not None:
+        hair, front_print = _front_back_marks(rest_vertices, part_labels)
+        vertex_colors[hair] = np.clip(hair_color, 0, 1)
+        vertex_colors[front_print] = print_color
     texture = np.zeros((64, 64, 3), np.uint8)
     for row, color in enumerate((skin, shirt, sleeve, pants, shoes)):
         texture[row * 13 : (row + 1) * 13] = (color * 255).astype(np.uint8)
-    return Appearance(colors[part_labels].astype(np.float32), texture)
+    return Appearance(vertex_colors.astype(np.float32), texture)
 
 
 def look_at(position: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

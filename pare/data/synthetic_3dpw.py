@@ -125,7 +125,7 @@ def _make_sequence(
                 "pose": pose,
                 "trans": trans,
                 "body": body,
-                "appearance": random_appearance(rng, bodies.part_labels),
+                "appearance": random_appearance(rng, bodies.part_labels, bodies.rest_vertices),
                 "betas_stored": betas
                 if rng.random() < 0.5
                 else np.concatenate([betas, np.zeros(290)]),

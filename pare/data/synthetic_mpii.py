@@ -146,7 +146,7 @@ def _render_image(
                 "pose": pose[0],
                 "trans": trans[0],
                 "body": body,
-                "appearance": random_appearance(rng, bodies.part_labels),
+                "appearance": random_appearance(rng, bodies.part_labels, bodies.rest_vertices),
                 "rest_root": bodies.rest_root(gender, betas),
             }
         )
