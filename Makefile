@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 # Override for another build, e.g. TORCH_SPEC="torch torchvision --index-url <your CUDA index>".
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench clean slurm-deps
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,7 +40,21 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: lint
+# The SLURM job-script tests run a real two-node cluster on localhost from Debian's packages
+# (and shellcheck the scripts): installed here when missing and we are root (as on CI);
+# otherwise those tests are skipped.
+SLURM_PROGRAMS := slurmctld slurmd sbatch munged shellcheck
+slurm-deps:
+	@if [ "$$(command -v $(SLURM_PROGRAMS) | wc -l)" -eq 5 ]; then \
+		true; \
+	elif [ "$$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			slurmd slurmctld slurm-client munge shellcheck >/dev/null; \
+	else \
+		echo "note: SLURM/munge not installed and not root: the SLURM tests will be skipped"; \
+	fi
+
+test: lint slurm-deps
 	$(BIN)/python -m pytest
 
 bench: install

@@ -180,10 +180,18 @@ class OptimConfig:
     grad_clip_norm: float = 0.0  # 0 disables clipping
     warmup_steps: int = 0  # linear warmup from 0
     schedule: str = "constant"  # after warmup: "constant" or "cosine" (to 0 at train.max_steps)
+    # Learning rate of the final SMPL regressors (per-part pose map, shape, camera) as a multiple
+    # of lr. PARE uses 1; short runs from random weights learn much faster with more (their small
+    # initial weights must grow by orders of magnitude, at most about lr per Adam step).
+    regressor_lr_scale: float = 1.0
 
     def __post_init__(self) -> None:
         _check_choice("optim", "optimizer", self.optimizer, ("adam", "adamw"))
         _check_choice("optim", "schedule", self.schedule, ("constant", "cosine"))
+        if self.regressor_lr_scale <= 0:
+            raise ConfigError(
+                f"optim.regressor_lr_scale={self.regressor_lr_scale} must be positive"
+            )
 
 
 @dataclass

@@ -22,6 +22,7 @@ import torch
 CHECKPOINTS = "checkpoints"
 COMPLETE = "COMPLETE"
 TRAINER_STATE = "trainer_state.json"
+DONE_MARKER = "DONE"  # written by train.py when a run reaches train.max_steps
 _STEP_DIR = re.compile(r"^step-(\d{7,})$")
 
 

@@ -31,9 +31,11 @@ from pare.config import ConfigError, load_config, save_config
 from pare.data.batch import normalize_images
 from pare.data.stream import StreamState, eval_loader, shard_urls, sources_from_config, train_loader
 from pare.evaluation import GroundTruthBodies, evaluate
+from pare.io_utils import write_json_atomic
 from pare.losses import pare_loss
 from pare.models import build_model
 from pare.runtime import (
+    DONE_MARKER,
     TRAINER_STATE,
     LaunchError,
     StopRequest,
@@ -103,8 +105,16 @@ def main(argv: list[str] | None = None) -> int:
     if tc.compile:
         model = torch.compile(model)
     optim_cls = torch.optim.AdamW if cfg.optim.optimizer == "adamw" else torch.optim.Adam
+    regressors = {id(p) for p in model_head(model).regressor_parameters()}
+    groups = [
+        {"params": [p for p in model.parameters() if id(p) not in regressors]},
+        {
+            "params": [p for p in model.parameters() if id(p) in regressors],
+            "lr": cfg.optim.lr * cfg.optim.regressor_lr_scale,
+        },
+    ]
     optimizer = optim_cls(
-        model.parameters(),
+        groups,
         lr=cfg.optim.lr,
         betas=tuple(cfg.optim.adam_betas),
         weight_decay=cfg.optim.weight_decay,
@@ -340,6 +350,11 @@ def main(argv: list[str] | None = None) -> int:
                 run_dir / "model.safetensors",
                 {"step": state.step, "config": OmegaConf.to_container(OmegaConf.structured(cfg))},
             )
+            if state.step >= tc.max_steps:  # job scripts requeue until this marker exists
+                write_json_atomic(
+                    run_dir / DONE_MARKER,
+                    {"step": state.step, "best_pa_mpjpe": state.best_pa_mpjpe},
+                )
         if accelerator.log_with and main_process:
             tracker = accelerator.get_tracker("wandb", unwrap=True)
             tracker.summary["best/pa_mpjpe_mm"] = state.best_pa_mpjpe
@@ -356,6 +371,11 @@ def main(argv: list[str] | None = None) -> int:
         bar.close()
         accelerator.end_training()
     return 0
+
+
+def model_head(model):
+    """The PARE head under an optional torch.compile wrapper."""
+    return getattr(model, "_orig_mod", model).head
 
 
 def log_overlay(accelerator, run_dir: Path, step: int, batch: dict, pred: dict, faces) -> None:

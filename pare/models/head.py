@@ -85,6 +85,11 @@ class PareHead(nn.Module):
         self.register_buffer("start_betas", torch.zeros(10))
         self.register_buffer("mean_camera", torch.tensor(MEAN_CAMERA))
 
+    def regressor_parameters(self) -> list[nn.Parameter]:
+        """The final per-part pose map and the shape and camera layers: the parameters that turn
+        pooled features into SMPL offsets (an optimiser may give them their own learning rate)."""
+        return [self.pose_weight, *self.shape.parameters(), *self.camera.parameters()]
+
     def forward(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
         part_logits = self.part_logits(self.branch_2d(features))  # (B, J+1, H, W)
         features_3d = self.branch_3d(features)  # (B, C, H, W)

@@ -178,8 +178,10 @@ def test_resume_after_sigterm_matches_an_uninterrupted_run(packed, tmp_path):
     stopped_at = int(checkpoint.name.split("-")[1])
     assert 3 <= stopped_at < 8, "the signal arrived too late to test a resume"
     assert "stopped (SIGTERM)" in (interrupted / "train.log").read_text()
+    assert not (interrupted / "DONE").exists()  # a job script would requeue this run
 
     _train(_args(packed, interrupted, *extra, "train.resume=auto"))
+    assert json.loads((interrupted / "DONE").read_text())["step"] == 8
     assert _logged_steps(interrupted) == list(range(1, 9))  # no step lost or repeated
     a = load_file(str(straight / "model.safetensors"))
     b = load_file(str(interrupted / "model.safetensors"))

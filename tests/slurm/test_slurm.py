@@ -1,0 +1,135 @@
+"""slurm/train.sbatch on a real two-node SLURM cluster (localhost, tests/slurm/cluster.py):
+2 nodes x 1 CPU process, a preemption signal to the batch shell, the requeue and the resume."""
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.train.test_train import _logged_steps
+
+ROOT = Path(__file__).parents[2]
+pytestmark = pytest.mark.slow
+STEPS = 10
+
+
+def _job_env(cluster, **extra):
+    bin_dir = str(Path(sys.executable).parent)
+    env = dict(cluster.env, PATH=f"{bin_dir}:{os.environ.get('PATH', '')}", **extra)
+    env.update(OMP_NUM_THREADS="1", WANDB_SILENT="true", PYTHONPATH=str(ROOT))
+    env.pop("ACCELERATE_USE_CPU", None)
+    return env
+
+
+def _wait_for(condition, timeout, what, cluster, log=None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.5)
+    tail = log.read_text()[-4000:] if log is not None and log.is_file() else ""
+    raise TimeoutError(f"{what}\n{tail}\n{cluster.logs()}")
+
+
+def _config(packed, path):
+    path.write_text(
+        f"""
+model: {{backbone: hrnet_w18_small, branch_channels: 16, branch_layers: 1}}
+data:
+  train:
+    - {{name: 3dpw, path: {packed / "3dpw"}, weight: 0.5}}
+    - {{name: mpii, path: {packed / "mpii"}, weight: 0.5}}
+  val: [{{name: 3dpw, path: {packed / "3dpw_val"}, weight: 1.0}}]
+  crop_size: 128
+  heatmap_size: 32
+  batch_size: 2
+  num_workers: 0
+  shuffle_buffer: 10
+  steps_per_epoch: 4
+train: {{max_steps: {STEPS}, log_every: 1, eval_every: 1000, checkpoint_every: 1000, image_every: 0}}
+logging: {{wandb_mode: offline, project: pare-slurm-test}}
+"""
+    )
+    return path
+
+
+def test_train_sbatch_requeues_after_preemption_and_resumes(cluster, packed, tmp_path):
+    run_dir = tmp_path / "run"
+    config = _config(packed, tmp_path / "tiny.yaml")
+    env = _job_env(
+        cluster,
+        CONFIG=str(config),
+        RUN_DIR=str(run_dir),
+        GPUS_PER_NODE="0",
+        PROCS_PER_NODE="1",
+        ACCELERATE=str(Path(sys.executable).parent / "accelerate"),
+    )
+    job_log = tmp_path / "job.log"
+    submitted = cluster.run(
+        "sbatch",
+        "--parsable",
+        "--nodes=2",
+        "--cpus-per-task=1",
+        "--time=20",
+        f"--output={job_log}",
+        f"--chdir={ROOT}",
+        str(ROOT / "slurm" / "train.sbatch"),
+        env=env,
+    )
+    job = submitted.stdout.strip()
+
+    # Preempt: the batch shell alone gets USR1 (as with --signal=B:USR1@T) once training runs.
+    train_log = run_dir / "train.log"
+    _wait_for(
+        lambda: train_log.is_file() and any(s >= 3 for s in _logged_steps(run_dir)),
+        300,
+        "training did not reach step 3",
+        cluster,
+        job_log,
+    )
+    cluster.run("scancel", "--batch", "--signal=USR1", job)
+
+    def finished():
+        state = cluster.job_state(job).get("JobState")
+        assert state not in ("FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL"), job_log.read_text()
+        return state == "COMPLETED" and (run_dir / "DONE").is_file()
+
+    _wait_for(finished, 420, "the requeued job did not finish", cluster, job_log)
+
+    text = job_log.read_text()
+    assert "signal received: asking the trainer to stop" in text
+    assert f"requeueing {job}" in text
+    assert "restart 1:" in text and "2 node(s), 2 process(es)" in text
+    assert "run complete" in text
+    log = train_log.read_text()
+    stopped = [line for line in log.splitlines() if "stopped (" in line and "STOP exists" in line]
+    assert len(stopped) == 1, log[-3000:]
+    resumed = [line for line in log.splitlines() if "resumed from" in line]
+    assert len(resumed) == 1
+    resumed_at = int(resumed[0].rsplit("at step ", 1)[1])
+    assert 3 <= resumed_at < STEPS
+    # Every step trained and logged exactly once: no restart from 0, nothing skipped.
+    assert _logged_steps(run_dir) == list(range(1, STEPS + 1))
+    assert json.loads((run_dir / "DONE").read_text())["step"] == STEPS
+    final = run_dir / "checkpoints" / f"step-{STEPS:07d}"
+    assert (final / "COMPLETE").is_file()
+    run_id = json.loads((final / "trainer_state.json").read_text())["train"]["wandb_run_id"]
+    offline = sorted((run_dir / "wandb").glob("offline-run-*"))
+    assert len(offline) == 2  # one per attempt ...
+    assert {p.name.rsplit("-", 1)[1] for p in offline} == {run_id}  # ... of the same W&B run
+
+
+def test_job_scripts_pass_shellcheck():
+    import shutil
+    import subprocess
+
+    if shutil.which("shellcheck") is None:
+        pytest.skip("shellcheck is not installed (make slurm-deps installs it)")
+    scripts = sorted(str(p) for p in (ROOT / "slurm").iterdir() if p.suffix in (".sh", ".sbatch"))
+    result = subprocess.run(
+        ["shellcheck", "-x", *scripts], cwd=ROOT, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout
