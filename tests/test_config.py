@@ -6,7 +6,10 @@ import pytest
 
 from pare.config import Config, ConfigError, load_config, save_config
 
-CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
+# Training configs (configs/sweep.yaml is a W&B sweep, tested below).
+CONFIGS = sorted(
+    p for p in (Path(__file__).parents[1] / "configs").glob("*.yaml") if p.name != "sweep.yaml"
+)
 
 
 def test_defaults_are_pare_defaults():
@@ -102,3 +105,25 @@ def test_save_and_reload_round_trip(tmp_path):
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
 def test_every_shipped_config_is_valid(path):
     load_config([path])
+
+
+def test_sweep_parameters_are_config_keys_and_the_command_passes_them_as_overrides():
+    import yaml
+
+    root = Path(__file__).parents[1]
+    sweep = yaml.safe_load((root / "configs" / "sweep.yaml").read_text())
+    assert (root / sweep["program"]).is_file()
+    command = sweep["command"]
+    assert "${args_no_hyphens}" in command  # key=value, the form train.py's overrides take
+    base = command[command.index("--config") + 1]
+    for key, spec in sweep["parameters"].items():
+        values = spec.get("values") or [spec["min"], spec["max"]]
+        for value in values:
+            value = str(value).lower() if isinstance(value, bool) else value
+            cfg = load_config([root / base], [f"{key}={value}"])
+            section, *rest = key.split(".")
+            node = getattr(cfg, section)
+            for part in rest:
+                node = getattr(node, part)
+            assert str(node).lower() == str(value).lower() or float(node) == float(value)
+    assert sweep["metric"]["name"] == "val/pa_mpjpe_mm"  # what train.py logs

@@ -14,6 +14,7 @@ import argparse
 import json
 import logging
 import math
+import os
 import secrets
 import sys
 import time
@@ -142,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
         log.info("resumed from %s at step %d", resume_dir, state.step)
     if accelerator.log_with:
         if not state.wandb_run_id:  # kept in checkpoints: a resumed run continues the same run
-            state.wandb_run_id = secrets.token_hex(4)
+            # A sweep agent (wandb agent) has already created the run and passes its id.
+            state.wandb_run_id = os.environ.get("WANDB_RUN_ID") or secrets.token_hex(4)
         accelerator.init_trackers(
             cfg.logging.project,
             config=OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True),

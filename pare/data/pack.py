@@ -36,7 +36,14 @@ from pare.data.samples import (
     transform_keypoints,
 )
 from pare.data.scene import BodyModels
-from pare.data.shard_writer import PackError, ShardOptions, write_manifest, write_shards
+from pare.data.shard_writer import (
+    PackError,
+    ShardOptions,
+    merge_slices,
+    write_manifest,
+    write_shards,
+    write_slice,
+)
 
 log = logging.getLogger(__name__)
 JPEG_QUALITY = 95
@@ -263,7 +270,30 @@ def _pack(
 ) -> dict:
     """Write the shards and the manifest; a rerun with other arguments starts afresh."""
     fingerprint = {k: v for k, v in arguments.items() if k != "root"} | {"records": len(records)}
-    shards = write_shards(records, factory, out, f"{dataset}-{split}", options, fingerprint, skips)
+    prefix = f"{dataset}-{split}"
+    if options.slice_index is not None:
+        built = write_slice(
+            records,
+            factory,
+            out,
+            prefix,
+            options,
+            fingerprint,
+            options.slice_index,
+            options.num_slices,
+        )
+        return {
+            "manifest": None,
+            "slice": built["slice"],
+            "samples": built["samples"],
+            "skipped": skips.counts,
+        }
+    if options.merge:
+        shards = merge_slices(
+            out, prefix, options, fingerprint, options.num_slices, len(records), skips
+        )
+    else:
+        shards = write_shards(records, factory, out, prefix, options, fingerprint, skips)
     manifest = write_manifest(out, dataset, split, arguments, shards, skips)
     return {
         "manifest": manifest,
@@ -279,7 +309,6 @@ def run_cli(pack, *args) -> int:
     except (DatasetLayoutError, FileNotFoundError, PackError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(
-        f"{result['samples']} samples -> {result['manifest']}; skipped: {result['skipped'] or 'none'}"
-    )
+    where = result["manifest"] or f"slice {result['slice']} (merge with --merge)"
+    print(f"{result['samples']} samples -> {where}; skipped: {result['skipped'] or 'none'}")
     return 0

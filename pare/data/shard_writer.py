@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
 from pare.body.joints import UNIFIED
@@ -46,6 +47,11 @@ class ShardOptions:
     seed: int = 0
     strict: bool = False
     progress: bool = True
+    # Array jobs: build slice ``slice_index`` of ``num_slices`` (see write_slice), or with
+    # ``merge`` turn the complete slices into the shards and manifest.
+    slice_index: int | None = None
+    num_slices: int = 1
+    merge: bool = False
 
 
 def add_shard_arguments(parser) -> None:
@@ -58,9 +64,22 @@ def add_shard_arguments(parser) -> None:
         "--strict", action="store_true", help="fail instead of skipping a bad sample"
     )
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument(
+        "--slice", type=int, metavar="I", help="build only slice I of --num-slices (array jobs)"
+    )
+    parser.add_argument("--num-slices", type=int, default=1, metavar="N")
+    parser.add_argument(
+        "--merge", action="store_true", help="write shards + manifest from N complete slices"
+    )
 
 
 def shard_options(args) -> ShardOptions:
+    if args.num_slices < 1:
+        raise SystemExit("error: --num-slices must be at least 1")
+    if args.merge and args.slice is not None:
+        raise SystemExit("error: --merge and --slice exclude each other")
+    if args.slice is not None and not 0 <= args.slice < args.num_slices:
+        raise SystemExit(f"error: --slice must be in 0..{args.num_slices - 1} (--num-slices)")
     return ShardOptions(
         args.maxcount,
         int(args.maxsize_mb * 1024 * 1024),
@@ -68,6 +87,9 @@ def shard_options(args) -> ShardOptions:
         args.seed,
         args.strict,
         not args.no_progress,
+        args.slice,
+        args.num_slices,
+        args.merge,
     )
 
 
@@ -86,10 +108,17 @@ def _init_worker(factory: Callable[[], Callable[[Any], dict[str, bytes]]]) -> No
 
 def _build(record: Any) -> dict[str, bytes] | SampleError:
     assert _BUILDER is not None
+    # One torch thread: float results (body model, joints) can differ in the last bit between
+    # thread counts, and shards must be byte-identical wherever they are packed (a laptop, a
+    # cluster node, an array task). Packing parallelism comes from worker processes.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     try:
         return _BUILDER(record)
     except SampleError as e:
         return e
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _tar_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
@@ -98,6 +127,13 @@ def _tar_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     info.uid = info.gid = 0
     info.uname = info.gname = ""
     tar.addfile(info, io.BytesIO(data))
+
+
+def _add_sample(tar: tarfile.TarFile, sample: dict[str, bytes]) -> None:
+    """A sample's members, adjacent and in MEMBER_ORDER (WebDataset groups them by key)."""
+    for ext in MEMBER_ORDER:
+        if ext in sample:
+            _tar_member(tar, f"{sample['__key__']}.{ext}", sample[ext])
 
 
 def sample_bytes(sample: dict[str, bytes]) -> int:
@@ -119,9 +155,7 @@ class _ShardSink:
         key = sample["__key__"]
         if "." in key:
             raise PackError(f"sample key {key!r} contains a dot; WebDataset splits keys at dots")
-        for ext in MEMBER_ORDER:
-            if ext in sample:
-                _tar_member(self.tar, f"{key}.{ext}", sample[ext])
+        _add_sample(self.tar, sample)
         self.count += 1
         self.bytes += sample_bytes(sample)
 
@@ -140,6 +174,16 @@ class _ShardSink:
             "end": end,
             "skipped": self.skips.counts,
         }
+
+
+def _build_all(todo: list, builder_factory, options: ShardOptions):
+    """Build ``todo`` in order (in worker processes when asked); (results iterator, pool)."""
+    if options.workers > 1 and todo:
+        ctx = multiprocessing.get_context("spawn")  # no fork of a process holding torch threads
+        pool = ctx.Pool(options.workers, initializer=_init_worker, initargs=(builder_factory,))
+        return pool.imap(_build, todo, chunksize=4), pool
+    _init_worker(builder_factory)
+    return map(_build, todo), None
 
 
 def write_shards(
@@ -163,23 +207,36 @@ def write_shards(
     for entry in done:
         for reason, n in entry["skipped"].items():
             skips.add(reason, f"(in {entry['url']})", n)
+    results, pool = _build_all([records[i] for i in order[start:]], builder_factory, options)
+    try:
+        return _write_results(
+            results, start, len(records), out, prefix, options, fingerprint, done, skips
+        )
+    finally:
+        if pool is not None:
+            pool.terminate()
 
-    todo = [records[i] for i in order[start:]]
+
+def _write_results(
+    results,
+    start: int,
+    total: int,
+    out: Path,
+    prefix: str,
+    options: ShardOptions,
+    fingerprint: dict,
+    done: list[dict],
+    skips: Skips,
+) -> list[dict]:
+    """Write built samples (or SampleErrors) for positions ``start..total`` of the global order
+    into shards after ``done``, journalling each completed shard."""
     bar = tqdm(
-        total=len(records),
+        total=total,
         initial=start,
         desc=f"packing {prefix}",
         unit="sample",
         disable=not options.progress,
     )
-    if options.workers > 1 and todo:
-        ctx = multiprocessing.get_context("spawn")  # no fork of a process holding torch threads
-        pool = ctx.Pool(options.workers, initializer=_init_worker, initargs=(builder_factory,))
-        results = pool.imap(_build, todo, chunksize=4)
-    else:
-        pool = None
-        _init_worker(builder_factory)
-        results = map(_build, todo)
     sink: _ShardSink | None = None
     try:
         for position, result in enumerate(results, start=start):
@@ -202,21 +259,160 @@ def write_shards(
                     sink = None
             bar.update()
         if sink is not None and sink.count:
-            done.append(sink.close(len(records)))
+            done.append(sink.close(total))
             _save_journal(out, fingerprint, done)
         elif sink is not None:  # only skips since the last shard: extend the last one's range
             sink.tar.close()
             sink.file.close()
             sink.tmp.unlink()
             if done:
-                done[-1]["end"] = len(records)
+                done[-1]["end"] = total
                 for reason, n in sink.skips.counts.items():
                     done[-1]["skipped"][reason] = done[-1]["skipped"].get(reason, 0) + n
                 _save_journal(out, fingerprint, done)
     finally:
         bar.close()
+    return done
+
+
+# ----------------------------------------------------------------------------- slices
+# A cluster packs a split as an array job: task i of n builds slice i of the global order (the
+# same seeded permutation) into SLICES/, and a merge step streams the slices, in order, through
+# the same shard writer. Shard boundaries depend on every earlier sample (skips, sizes), so
+# only the merge can cut shards; it copies bytes and rebuilds nothing, and its shards and
+# manifest are those of a single process.
+
+SLICES = ".slices"
+
+
+def slice_bounds(total: int, index: int, count: int) -> tuple[int, int]:
+    """Positions [start, end) of slice ``index`` of ``count`` over ``total`` records."""
+    if not 0 <= index < count:
+        raise ValueError(f"slice {index} does not exist: slices are numbered 0..{count - 1}")
+    return total * index // count, total * (index + 1) // count
+
+
+def _slice_paths(out: Path, prefix: str, index: int, count: int) -> tuple[Path, Path]:
+    stem = out / SLICES / f"{prefix}-slice-{index:04d}-of-{count:04d}"
+    return stem.with_suffix(".tar"), stem.with_suffix(".json")
+
+
+def write_slice(
+    records: Sequence[Any],
+    builder_factory: Callable[[], Callable[[Any], dict[str, bytes]]],
+    out: Path,
+    prefix: str,
+    options: ShardOptions,
+    fingerprint: dict,
+    index: int,
+    count: int,
+) -> dict:
+    """Build slice ``index`` of ``count`` of the shuffled records into ``out/.slices/``: a tar of
+    its samples and a JSON of every position (a key or a skip). The JSON, written last, marks the
+    slice complete; a rerun rewrites the slice."""
+    order = np.random.default_rng(options.seed).permutation(len(records))
+    start, end = slice_bounds(len(records), index, count)
+    tar_path, json_path = _slice_paths(out, prefix, index, count)
+    tar_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.unlink(missing_ok=True)
+    results, pool = _build_all([records[i] for i in order[start:end]], builder_factory, options)
+    entries = []
+    tmp = tar_path.with_name(f".{tar_path.name}.tmp")
+    bar = tqdm(
+        total=end - start, desc=f"slice {index}", unit="sample", disable=not options.progress
+    )
+    try:
+        with (
+            tmp.open("wb") as f,
+            tarfile.open(fileobj=f, mode="w", format=tarfile.USTAR_FORMAT) as tar,
+        ):
+            for result in results:
+                if isinstance(result, SampleError):
+                    if options.strict:
+                        raise PackError(f"--strict: {result}")
+                    entries.append({"skip": result.reason, "detail": result.detail})
+                else:
+                    entries.append({"key": result["__key__"]})
+                    _add_sample(tar, result)
+                bar.update()
+    finally:
+        bar.close()
         if pool is not None:
             pool.terminate()
+    tmp.replace(tar_path)
+    state = {"fingerprint": fingerprint, "start": start, "end": end, "entries": entries}
+    write_json_atomic(json_path, state)
+    return {
+        "slice": str(tar_path),
+        "start": start,
+        "end": end,
+        "samples": sum("key" in e for e in entries),
+    }
+
+
+def _slice_results(tar_path: Path, entries: list[dict]):
+    """The slice's positions in order: sample dicts from the tar, SampleErrors for skips."""
+    with tarfile.open(tar_path) as tar:
+        members = iter(tar)
+        pending = next(members, None)
+        for entry in entries:
+            if "skip" in entry:
+                yield SampleError(entry["skip"], entry["detail"])
+                continue
+            sample = {"__key__": entry["key"]}
+            while pending is not None and pending.name.split(".", 1)[0] == entry["key"]:
+                sample[pending.name.split(".", 1)[1]] = tar.extractfile(pending).read()
+                pending = next(members, None)
+            yield sample
+
+
+def merge_slices(
+    out: Path,
+    prefix: str,
+    options: ShardOptions,
+    fingerprint: dict,
+    count: int,
+    total: int,
+    skips: Skips,
+) -> list[dict]:
+    """Write the shards of ``count`` complete slices, as one process would have; then remove
+    the slices. Missing or mismatched slices raise :class:`PackError` naming them."""
+    states = []
+    for index in range(count):
+        tar_path, json_path = _slice_paths(out, prefix, index, count)
+        if not json_path.is_file() or not tar_path.is_file():
+            raise PackError(
+                f"slice {index} of {count} is missing or incomplete ({json_path}): rerun that "
+                f"slice (--slice {index} --num-slices {count}) before merging"
+            )
+        state = json.loads(json_path.read_text())
+        if state["fingerprint"] != fingerprint:
+            raise PackError(
+                f"slice {index} was packed with other arguments ({json_path}); pack every slice "
+                "with the same arguments as the merge"
+            )
+        expected = slice_bounds(total, index, count)
+        if (state["start"], state["end"]) != expected:
+            raise PackError(
+                f"slice {index} covers {state['start']}..{state['end']}, not {expected}"
+            )
+        states.append((tar_path, state))
+    # A fresh set of shards: any earlier shards or journal of this prefix go.
+    (out / JOURNAL).unlink(missing_ok=True)
+    done = _resume(out, prefix, {"merge": True})
+
+    def results():
+        for tar_path, state in states:
+            yield from _slice_results(tar_path, state["entries"])
+
+    done = _write_results(results(), 0, total, out, prefix, options, fingerprint, done, skips)
+    for tar_path, _ in states:
+        tar_path.unlink()
+        tar_path.with_suffix(".json").unlink()
+    try:
+        (out / SLICES).rmdir()
+    except OSError:
+        pass  # slices of another prefix or count are still there
     return done
 
 

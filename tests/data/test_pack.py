@@ -278,3 +278,59 @@ def test_maxsize_bounds_shards(raw, tmp_path):
     assert len(manifest["shardlist"]) > 2
     for shard in manifest["shardlist"]:
         assert shard["filesize"] <= 60_000 + 20_000 or shard["nsamples"] == 1  # tar padding aside
+
+
+def test_slices_then_merge_equal_one_process(raw, packed, tmp_path):
+    from pare.data.shard_writer import PackError
+
+    out = tmp_path / "sliced"
+    for index in (2, 0, 1):  # any order, as array tasks finish
+        result = pack_3dpw(
+            raw / "3dpw",
+            "train",
+            out,
+            "standin",
+            ShardOptions(maxcount=6, progress=False, slice_index=index, num_slices=3),
+        )
+        assert result["manifest"] is None
+    assert not list(out.glob("*.tar"))  # slices only, until the merge
+    merge = ShardOptions(maxcount=6, progress=False, num_slices=3, merge=True)
+    result = pack_3dpw(raw / "3dpw", "train", out, "standin", merge)
+    assert _digests(out) == _digests(packed / "3dpw")
+    assert json.loads(result["manifest"].read_text()) == json.loads(
+        (packed / "3dpw" / "manifest.json").read_text()
+    )
+    assert not (out / ".slices").exists()
+
+    # A merge with a slice missing names it and the command that makes it.
+    pack_3dpw(
+        raw / "3dpw",
+        "train",
+        tmp_path / "partial",
+        "standin",
+        ShardOptions(maxcount=6, progress=False, slice_index=0, num_slices=2),
+    )
+    merge = ShardOptions(maxcount=6, progress=False, num_slices=2, merge=True)
+    with pytest.raises(PackError, match=r"slice 1 of 2 is missing.*--slice 1 --num-slices 2"):
+        pack_3dpw(raw / "3dpw", "train", tmp_path / "partial", "standin", merge)
+
+
+def test_slices_keep_skipped_samples_in_order(raw, tmp_path):
+    """A corrupt image inside a slice: the merged manifest counts and names it as one process."""
+    import shutil
+
+    broken = tmp_path / "3dpw"
+    shutil.copytree(raw / "3dpw", broken)
+    for image in sorted((broken / "imageFiles").rglob("image_0000[12].jpg")):
+        image.write_bytes(b"\xff\xd8\xff not a jpeg")
+    single = pack_3dpw(broken, "train", tmp_path / "one", "standin", OPTS)
+    for index in range(4):
+        options = ShardOptions(maxcount=6, progress=False, slice_index=index, num_slices=4)
+        pack_3dpw(broken, "train", tmp_path / "four", "standin", options)
+    merge = ShardOptions(maxcount=6, progress=False, num_slices=4, merge=True)
+    merged = pack_3dpw(broken, "train", tmp_path / "four", "standin", merge)
+    one = json.loads(single["manifest"].read_text())
+    four = json.loads(merged["manifest"].read_text())
+    assert one["skipped"].get("corrupt_image", 0) > 0
+    assert four == one
+    assert _digests(tmp_path / "four") == _digests(tmp_path / "one")

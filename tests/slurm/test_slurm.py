@@ -1,6 +1,7 @@
 """slurm/train.sbatch on a real two-node SLURM cluster (localhost, tests/slurm/cluster.py):
 2 nodes x 1 CPU process, a preemption signal to the batch shell, the requeue and the resume."""
 
+import hashlib
 import json
 import os
 import sys
@@ -120,6 +121,39 @@ def test_train_sbatch_requeues_after_preemption_and_resumes(cluster, packed, tmp
     offline = sorted((run_dir / "wandb").glob("offline-run-*"))
     assert len(offline) == 2  # one per attempt ...
     assert {p.name.rsplit("-", 1)[1] for p in offline} == {run_id}  # ... of the same W&B run
+
+
+def test_pack_array_job_and_merge_equal_one_process(cluster, raw, packed, tmp_path):
+    out = tmp_path / "3dpw"
+    env = _job_env(
+        cluster,
+        PACK=f"shards/pack_3dpw.py --root {raw / '3dpw'} --split train --out {out} --maxcount 6",
+    )
+    submitted = cluster.run(
+        str(ROOT / "slurm" / "pack.sh"),
+        "2",
+        "--cpus-per-task=1",
+        f"--output={tmp_path}/pack-%A_%a.log",
+        env=env,
+    )
+    array, merge = (int(w.rstrip(",")) for w in submitted.stdout.split() if w.rstrip(",").isdigit())
+
+    def merged():
+        state = cluster.job_state(str(merge)).get("JobState")
+        assert state not in ("FAILED", "CANCELLED", "TIMEOUT"), _job_logs(tmp_path)
+        return state == "COMPLETED"
+
+    _wait_for(merged, 300, f"the merge did not finish\n{_job_logs(tmp_path)}", cluster)
+    for task in (0, 1):
+        assert cluster.job_state(f"{array}_{task}").get("JobState") == "COMPLETED"
+    expected = json.loads((packed / "3dpw" / "manifest.json").read_text())
+    assert json.loads((out / "manifest.json").read_text()) == expected
+    for shard in expected["shardlist"]:
+        assert hashlib.sha256((out / shard["url"]).read_bytes()).hexdigest() == shard["sha256"]
+
+
+def _job_logs(folder):
+    return "\n".join(p.read_text()[-1500:] for p in sorted(folder.glob("pack-*.log")))
 
 
 def test_job_scripts_pass_shellcheck():

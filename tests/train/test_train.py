@@ -79,12 +79,14 @@ def offline_run(packed, tmp_path_factory):
         "train.inject_nonfinite_at=[1]",
         "logging.wandb_mode=offline",
     ]
-    _train(_args(packed, out, *extra))
+    # As under a sweep agent, which creates the W&B run and passes its id.
+    _train(_args(packed, out, *extra), env=dict(ENV, WANDB_RUN_ID="sweep0001"))
     return out
 
 
 def test_offline_wandb_run_holds_losses_metrics_config_and_an_image(offline_run):
     (run_folder,) = (offline_run / "wandb").glob("offline-run-*")
+    assert run_folder.name.endswith("-sweep0001")  # the agent's run id, not a new one
     run = read_wandb_run(run_folder)
     by_step = {}
     for row in run["history"]:
