@@ -25,7 +25,7 @@ DEMO_LAUNCH := ACCELERATE_USE_CPU=1 OMP_NUM_THREADS=1 $(BIN)/accelerate launch -
 demo: install
 	rm -rf data/demo shards/out/demo runs/demo
 	$(BIN)/python train/check_body_model.py --out runs/demo/body_check
-	$(BIN)/python shards/make_synthetic.py 3dpw --out data/demo/3dpw --sequences 9 --frames 24 --size 270 480 --no-progress
+	$(BIN)/python shards/make_synthetic.py 3dpw --out data/demo/3dpw --sequences 160 --frames 8 --split-ratio 3 1 0 --size 270 480 --no-progress
 	$(BIN)/python shards/make_synthetic.py mpii --out data/demo/mpii --images 80 --image-scale 0.5 --eft --no-progress
 	$(BIN)/python shards/pack_3dpw.py --root data/demo/3dpw --split train --out shards/out/demo/3dpw/train --workers 2 --no-progress
 	$(BIN)/python shards/pack_3dpw.py --root data/demo/3dpw --split validation --out shards/out/demo/3dpw/validation --workers 2 --no-progress

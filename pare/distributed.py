@@ -43,3 +43,16 @@ def gather_per_sample(
         for name in values
     }
     return [all_keys[i] for i in order], merged
+
+
+def broadcast_buffers(module, src: int = 0) -> None:
+    """Copy rank ``src``'s buffers (BatchNorm running statistics) to every rank.
+
+    Each rank updates its running statistics from its own batches; DDP broadcasts rank 0's at the
+    start of every training forward, so between forwards the ranks disagree. Evaluating the
+    unwrapped model on every rank would then mix models; after this call every rank evaluates
+    the model that rank 0 saves and exports.
+    """
+    if world_size() > 1:
+        for buffer in module.buffers():
+            dist.broadcast(buffer.data, src=src)

@@ -31,6 +31,7 @@ from tqdm import tqdm
 from pare.config import ConfigError, load_config, save_config
 from pare.data.batch import normalize_images
 from pare.data.stream import StreamState, eval_loader, shard_urls, sources_from_config, train_loader
+from pare.distributed import broadcast_buffers
 from pare.evaluation import GroundTruthBodies, evaluate
 from pare.io_utils import write_json_atomic
 from pare.losses import pare_loss
@@ -300,7 +301,9 @@ def main(argv: list[str] | None = None) -> int:
                         cfg.data.heatmap_size,
                     )
                     # The unwrapped model (autocast kept): DDP's forward could start collectives,
-                    # and ranks hold different numbers of evaluation batches.
+                    # and ranks hold different numbers of evaluation batches. Its BatchNorm
+                    # statistics are rank 0's everywhere, as in the weights rank 0 exports.
+                    broadcast_buffers(accelerator.unwrap_model(model))
                     result = evaluate(
                         accelerator.unwrap_model(model), loader_eval, gt_bodies, device
                     )

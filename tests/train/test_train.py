@@ -15,6 +15,8 @@ import torch
 from safetensors.torch import load_file
 
 from pare.config import load_config
+from pare.data.stream import eval_loader, shard_urls
+from pare.evaluation import GroundTruthBodies, evaluate
 from pare.models import build_model
 from pare.runtime import COMPLETE, load_weights
 from pare.tracking import read_wandb_run
@@ -234,6 +236,17 @@ def test_train_py_under_two_cpu_processes_stays_in_sync(packed, tmp_path):
     manifest = json.loads((packed / "3dpw_val" / "manifest.json").read_text())
     total = sum(s["nsamples"] for s in manifest["shardlist"])
     assert f"({total} samples)" in text  # evaluated across both ranks, each sample once
+    # Both ranks evaluated rank 0's model (BatchNorm statistics included), the one exported:
+    # the in-loop result equals one process evaluating the exported weights.
+    line = next(x for x in text.splitlines() if "eval step 3:" in x)
+    logged = json.loads(line.split("eval step 3: ", 1)[1].rsplit(" (", 1)[0])
+    cfg = load_config([out / "config.yaml"], [])
+    model = build_model(cfg.model, cfg.body)
+    load_weights(model, out / "best" / "model.safetensors")
+    urls = shard_urls(str(packed / "3dpw_val"))
+    alone = evaluate(model, eval_loader(urls, 4), GroundTruthBodies(), "cpu")["mean"]
+    for name, value in logged.items():
+        assert abs(alone[name] - value) < 1e-3, (name, alone[name], value)
 
 
 @pytest.mark.parametrize(
