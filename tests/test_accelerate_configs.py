@@ -31,6 +31,9 @@ WORKER = textwrap.dedent(
         check_launch(accelerator.num_processes)
         total = accelerator.reduce(torch.ones(()), "sum")
         print(f"rank {accelerator.process_index} of {accelerator.num_processes}: sum {int(total)}")
+        # Leave the group together: a rank exiting while gloo still talks to it can abort.
+        accelerator.wait_for_everyone()
+        accelerator.end_training()
         return 0
 
     run_entry_point(main, (LaunchError,))

@@ -135,7 +135,9 @@ def random_appearance(
     # Slight per-part variation so parts stay distinguishable.
     colors = np.clip(colors * rng.uniform(0.9, 1.1, (24, 1)), 0, 1)
     vertex_colors = colors[part_labels]
-    hair_color = rng.choice(_HAIR) * rng.uniform(0.8, 1.2)
+    # Chosen from the colours already drawn, so the generator's random stream (and every other
+    # property of a seeded dataset) is what it was before hair existed.
+    hair_color = _HAIR[int(skin.sum() * 997) % len(_HAIR)]
     print_color = 1.0 - shirt  # contrasting
     if rest_vertices is not None:
         hair, front_print = _front_back_marks(rest_vertices, part_labels)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from pare.config import load_config
 from tests.train.test_train import _logged_steps
 
 ROOT = Path(__file__).parents[2]
@@ -150,6 +151,70 @@ def test_pack_array_job_and_merge_equal_one_process(cluster, raw, packed, tmp_pa
     assert json.loads((out / "manifest.json").read_text()) == expected
     for shard in expected["shardlist"]:
         assert hashlib.sha256((out / shard["url"]).read_bytes()).hexdigest() == shard["sha256"]
+
+
+def test_array_job_runs_every_config_seed_pair(cluster, packed, tmp_path):
+    config = _config(packed, tmp_path / "tiny.yaml")
+    other = tmp_path / "other.yaml"
+    other.write_text(config.read_text().replace(f"max_steps: {STEPS}", "max_steps: 2"))
+    config.write_text(config.read_text().replace(f"max_steps: {STEPS}", "max_steps: 3"))
+    env = _job_env(
+        cluster,
+        CONFIGS=f"{config} {other}",
+        SEEDS="7",
+        RUN_ROOT=str(tmp_path / "runs"),
+        GROUP="array-test",
+        GPUS_PER_NODE="0",
+        ACCELERATE=str(Path(sys.executable).parent / "accelerate"),
+    )
+    array = cluster.run(
+        "sbatch",
+        "--parsable",
+        "--array=0-2",  # one task too many: it must refuse with the right range
+        "--cpus-per-task=1",
+        f"--output={tmp_path}/array-%A_%a.log",
+        f"--chdir={ROOT}",
+        str(ROOT / "slurm" / "array.sbatch"),
+        env=env,
+    ).stdout.strip()
+    states = {}
+
+    def ended():
+        for task in range(3):
+            states[task] = cluster.job_state(f"{array}_{task}").get("JobState")
+        return all(s in ("COMPLETED", "FAILED") for s in states.values())
+
+    _wait_for(ended, 300, f"the array did not finish: {states}", cluster)
+    assert states == {0: "COMPLETED", 1: "COMPLETED", 2: "FAILED"}
+    assert "submit --array=0-1" in (tmp_path / f"array-{array}_2.log").read_text()
+    for name, steps in (("tiny-seed7", 3), ("other-seed7", 2)):
+        run = tmp_path / "runs" / name
+        assert json.loads((run / "DONE").read_text())["step"] == steps
+        saved = load_config([run / "config.yaml"], [])
+        assert saved.train.seed == 7
+        assert (saved.logging.run_name, saved.logging.group) == (name, "array-test")
+
+
+def test_sweep_job_without_a_sweep_id_says_how_to_get_one(cluster, tmp_path):
+    env = _job_env(cluster)
+    env.pop("SWEEP_ID", None)
+    job = cluster.run(
+        "sbatch",
+        "--parsable",
+        "--cpus-per-task=1",
+        f"--output={tmp_path}/sweep-%j.log",
+        f"--chdir={ROOT}",
+        str(ROOT / "slurm" / "sweep.sbatch"),
+        env=env,
+    ).stdout.strip()
+    _wait_for(
+        lambda: cluster.job_state(job).get("JobState") in ("COMPLETED", "FAILED"),
+        120,
+        "the sweep job did not end",
+        cluster,
+    )
+    assert cluster.job_state(job)["JobState"] == "FAILED"
+    assert "wandb sweep configs/sweep.yaml" in (tmp_path / f"sweep-{job}.log").read_text()
 
 
 def _job_logs(folder):
