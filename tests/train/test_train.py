@@ -218,10 +218,12 @@ def test_two_cpu_processes_match_one_process_with_the_same_global_batch(packed, 
     )
     for name in single:
         assert torch.equal(rank0[name], rank1[name]), name  # identical across ranks
-        # Equal to one process within fp32 summation noise, relative to the update itself.
+        # Equal to one process within fp32 summation noise, relative to the update itself,
+        # plus the rounding of `param - step` (a couple of ulps of the parameter's magnitude).
         update = float((single[name] - initial[name]).abs().max())
         gap = float((rank0[name] - single[name]).abs().max())
-        assert gap <= 1e-3 * update + 1e-8, (name, gap, update)
+        ulp = torch.finfo(torch.float32).eps * float(single[name].abs().max())
+        assert gap <= 1e-3 * update + 2 * ulp + 1e-12, (name, gap, update, ulp)
     moved = sum(float((single[n] - p).abs().max() > 0) for n, p in initial.items())
     assert moved > 0.9 * len(initial)
 
