@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 # Override for another build, e.g. TORCH_SPEC="torch torchvision --index-url <your CUDA index>".
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install demo test lint bench clean slurm-deps
+.PHONY: install demo demo-data compare test lint bench clean slurm-deps
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,16 +25,26 @@ DEMO_LAUNCH := ACCELERATE_USE_CPU=1 OMP_NUM_THREADS=1 $(BIN)/accelerate launch -
 demo: install
 	rm -rf data/demo shards/out/demo runs/demo
 	$(BIN)/python train/check_body_model.py --out runs/demo/body_check
-	$(BIN)/python shards/make_synthetic.py 3dpw --out data/demo/3dpw --sequences 160 --frames 8 --split-ratio 3 1 0 --size 270 480 --no-progress
+	$(MAKE) demo-data
+	$(DEMO_LAUNCH) train/train.py --config configs/demo.yaml
+	$(BIN)/python train/evaluate.py --run runs/demo --baseline --require-gain 0.2
+	$(BIN)/python train/show_run.py runs/demo
+
+# The demo's synthetic data and shards (no training): data/demo and shards/out/demo.
+demo-data: install
+	$(BIN)/python shards/make_synthetic.py 3dpw --out data/demo/3dpw --sequences 640 --frames 2 --split-ratio 3 1 0 --size 270 480 --no-progress
 	$(BIN)/python shards/make_synthetic.py mpii --out data/demo/mpii --images 80 --image-scale 0.5 --eft --no-progress
 	$(BIN)/python shards/pack_3dpw.py --root data/demo/3dpw --split train --out shards/out/demo/3dpw/train --workers 2 --no-progress
 	$(BIN)/python shards/pack_3dpw.py --root data/demo/3dpw --split validation --out shards/out/demo/3dpw/validation --workers 2 --no-progress
 	$(BIN)/python shards/pack_mpii.py --root data/demo/mpii --split train --out shards/out/demo/mpii/train --eft data/demo/mpii/MPII_ver01.json --workers 2 --no-progress
 	$(BIN)/python shards/verify.py shards/out/demo/3dpw/train shards/out/demo/3dpw/validation shards/out/demo/mpii/train
 	$(BIN)/python train/mean_params.py --out data/demo/mean_params.npz shards/out/demo/3dpw/train shards/out/demo/mpii/train
-	$(DEMO_LAUNCH) train/train.py --config configs/demo.yaml
-	$(BIN)/python train/evaluate.py --run runs/demo
-	$(BIN)/python train/show_run.py runs/demo
+
+# The vanilla-versus-self-attention experiment on the demo's shards (about 20 minutes on 2 cores).
+compare: install
+	test -f data/demo/mean_params.npz || $(MAKE) demo-data
+	ACCELERATE_USE_CPU=1 OMP_NUM_THREADS=1 $(BIN)/python train/compare.py \
+		--config configs/demo.yaml --config configs/compare_cpu.yaml --processes 2
 
 lint: install
 	$(BIN)/ruff check .

@@ -146,6 +146,10 @@ class ModelConfig:
     # SPIN-format mean parameters to start predictions from (smpl_mean_params.npz: pose, shape,
     # cam); "" = identity joint rotations, the body upright, zero betas, camera scale 0.9.
     mean_params: str = ""
+    # Exported weights (.safetensors) to start from. Parameters the file lacks keep their fresh
+    # initialisation: vanilla weights start the attention variant (its gate at 0) as the same
+    # network, which is how train/compare.py gives both variants one initialisation.
+    init_weights: str = ""
     branch_layers: int = 2
     branch_channels: int = 128
     shape_cam_channels: int = 64

@@ -1,25 +1,45 @@
-"""3DPW-protocol evaluation: MPJPE, PA-MPJPE and PVE in millimetres, per sample.
+"""3DPW-protocol evaluation: MPJPE, PA-MPJPE and PVE in millimetres, PCK@50 mm and AUC in
+percent, per sample.
 
 Joints: the H36M regressor on the mesh, pelvis (H36M joint 0) subtracted, the 14 evaluation
 joints. Ground truth comes from the *gendered* SMPL with the sample's pose and betas. PVE: all
-6890 vertices, pelvis-aligned, no Procrustes. Samples without SMPL ground truth (MPII) are left
-out.
+6890 vertices, pelvis-aligned, no Procrustes. PCK and AUC count the Procrustes-aligned joints
+within 50 mm, and within each threshold 0, 1, ..., 199 mm averaged (the official 3DPW
+evaluator's thresholds). Samples without SMPL ground truth (MPII) are left out.
 """
 
 from __future__ import annotations
+
+import re
+from collections.abc import Callable
 
 import numpy as np
 import torch
 from torch import nn
 
 from pare.body import build_body_model, load_eval_assets
-from pare.body.joints import H36M_TO_EVAL14
+from pare.body.joints import H36M_TO_EVAL14, MPII_16, UNIFIED, mapping
 from pare.data.batch import normalize_images
 from pare.distributed import gather_per_sample
-from pare.metrics import mpjpe, pa_mpjpe, pve
+from pare.metrics import (
+    auc_3d,
+    mpjpe,
+    pa_mpjpe,
+    pck_3d,
+    pckh_summary,
+    pve,
+    similarity_align,
+)
 
 GENDERS = ("neutral", "male", "female")  # the batch's gender codes 0, 1, 2
-METRICS = ("mpjpe", "pa_mpjpe", "pve")
+METRICS = ("mpjpe", "pa_mpjpe", "pve", "pck50", "auc")
+UNITS = {"mpjpe": "mm", "pa_mpjpe": "mm", "pve": "mm", "pck50": "%", "auc": "%"}
+AUC_THRESHOLDS_M = [t / 1000.0 for t in range(200)]
+
+
+def metric_key(name: str) -> str:
+    """The logged name of a metric, with its unit: ``pa_mpjpe_mm``, ``pck50_pct``."""
+    return f"{name}_{'pct' if UNITS[name] == '%' else UNITS[name]}"
 
 
 class GroundTruthBodies(nn.Module):
@@ -58,49 +78,128 @@ class GroundTruthBodies(nn.Module):
 
 
 def sample_errors(pred: dict, gt: dict) -> dict[str, np.ndarray]:
-    """Per-sample errors in mm from predicted and ground-truth ``vertices`` and ``h36m_3d`` (m)."""
+    """Per-sample metrics (see :data:`UNITS`) from predicted and ground-truth ``vertices`` and
+    ``h36m_3d`` in metres."""
     pred_pelvis, gt_pelvis = pred["h36m_3d"][:, :1].float(), gt["h36m_3d"][:, :1].float()
     pred_j = (pred["h36m_3d"].float() - pred_pelvis)[:, list(H36M_TO_EVAL14)]  # (B, 14, 3)
     gt_j = (gt["h36m_3d"].float() - gt_pelvis)[:, list(H36M_TO_EVAL14)]
     pred_v = pred["vertices"].float() - pred_pelvis  # (B, V, 3)
     gt_v = gt["vertices"].float() - gt_pelvis
+    aligned = similarity_align(pred_j, gt_j)  # (B, 14, 3) float64
     return {
         "mpjpe": 1000.0 * mpjpe(pred_j, gt_j).double().cpu().numpy(),
         "pa_mpjpe": 1000.0 * pa_mpjpe(pred_j, gt_j).double().cpu().numpy(),
         "pve": 1000.0 * pve(pred_v, gt_v).double().cpu().numpy(),
+        "pck50": 100.0 * pck_3d(aligned, gt_j, 0.05).cpu().numpy(),
+        "auc": 100.0 * auc_3d(aligned, gt_j, AUC_THRESHOLDS_M).cpu().numpy(),
     }
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader, gt_bodies: GroundTruthBodies, device) -> dict:
+def evaluate(
+    model: nn.Module,
+    loader,
+    gt_bodies: GroundTruthBodies,
+    device,
+    extra: Callable[[dict, dict], dict[str, np.ndarray]] | None = None,
+) -> dict:
     """Run ``model`` over an evaluation loader (each sample once across ranks) and gather the
     per-sample errors of every rank. Returns ``keys`` and one array per metric (all ranks),
-    plus their means under ``mean``."""
+    plus their means under ``mean``.
+
+    ``extra(pred, batch)``, given the predictions and the batch of the samples with SMPL ground
+    truth, returns more per-sample arrays to gather alongside (e.g. what an export needs)."""
     was_training = model.training
     model.eval()
     keys: list[str] = []
-    errors: dict[str, list] = {m: [] for m in METRICS}
+    rows: dict[str, list] = {m: [] for m in METRICS}
     for batch in loader:
         keep = batch["has_smpl"]
         if not keep.any():
             continue
-        images = normalize_images(batch["image"][keep].to(device, non_blocking=True))
-        pred = model(images)
-        gt = gt_bodies(
-            batch["pose"][keep].to(device),
-            batch["betas"][keep].to(device),
-            batch["gender"][keep].to(device),
-        )
-        for name, values in sample_errors(pred, gt).items():
-            errors[name].append(values)
+        kept = {k: v[keep] for k, v in batch.items() if torch.is_tensor(v)}
+        pred = model(normalize_images(kept["image"].to(device, non_blocking=True)))
+        gt = gt_bodies(kept["pose"].to(device), kept["betas"].to(device), kept["gender"].to(device))
+        values = sample_errors(pred, gt) | (extra(pred, kept) if extra else {})
+        for name, value in values.items():
+            rows.setdefault(name, []).append(value)
         keys += [k for k, kept in zip(batch["__key__"], keep.tolist(), strict=True) if kept]
     model.train(was_training)
-    local = {m: np.concatenate(v) if v else np.zeros(0) for m, v in errors.items()}
+    local = {m: np.concatenate(v) if v else np.zeros(0) for m, v in rows.items()}
     keys, values = gather_per_sample(keys, local)
     return {
         "keys": keys,
         **values,
         "mean": {m: float(values[m].mean()) if len(keys) else float("nan") for m in METRICS},
+    }
+
+
+# 3DPW sample keys, as the packer writes them: 3dpw_<sequence>_a<actor>_f<frame>.
+_KEY_3DPW = re.compile(r"^3dpw_(?P<sequence>.+)_a(?P<actor>\d+)_f(?P<frame>\d+)$")
+
+
+def parse_3dpw_key(key: str) -> tuple[str, int, int]:
+    """(sequence, actor, frame) of a packed 3DPW sample's key."""
+    match = _KEY_3DPW.match(key)
+    if match is None:
+        raise ValueError(f"{key!r} is not a packed 3DPW key (3dpw_<sequence>_a<actor>_f<frame>)")
+    return match["sequence"], int(match["actor"]), int(match["frame"])
+
+
+def per_sequence(result: dict) -> dict[str, dict[str, float]]:
+    """Metric means and sample counts per 3DPW sequence of an :func:`evaluate` result."""
+    groups: dict[str, list[int]] = {}
+    for i, key in enumerate(result["keys"]):
+        groups.setdefault(parse_3dpw_key(key)[0], []).append(i)
+    return {
+        name: {m: float(result[m][rows].mean()) for m in METRICS} | {"samples": len(rows)}
+        for name, rows in sorted(groups.items())
+    }
+
+
+@torch.no_grad()
+def evaluate_pckh(model: nn.Module, loader, device, alpha: float = 0.5) -> dict:
+    """MPII PCKh@alpha of the projected 2D joints, over the samples with a head size (MPII
+    shards), each once across ranks. Returns ``keys``, per-sample ``correct`` and ``visible``
+    (N, 16) in MPII's joint order, ``per_joint`` (16,) and ``total`` in percent."""
+    was_training = model.training
+    model.eval()
+    keys: list[str] = []
+    correct, visible = [], []
+    to_mpii = mapping(UNIFIED, MPII_16)  # every MPII joint is in the unified layout
+    for batch in loader:
+        keep = batch["head_size"] > 0
+        if not keep.any():
+            continue
+        size = batch["image"].shape[-1]
+        pred = model(normalize_images(batch["image"][keep].to(device)))
+        pixels = (pred["keypoints_2d"].float().cpu() + 1.0) * (size / 2.0)  # [-1, 1] -> pixels
+        gt = batch["keypoints_2d"][keep]
+        head = batch["head_size"][keep].double()  # 0.6 x head-box diagonal, input pixels
+        err = (pixels[:, to_mpii].double() - gt[:, to_mpii, :2].double()).norm(dim=-1)
+        hit = err <= alpha * head[:, None]  # (B, 16)
+        correct.append(hit.numpy())
+        visible.append((gt[:, to_mpii, 2] > 0).numpy())
+        keys += [k for k, kept in zip(batch["__key__"], keep.tolist(), strict=True) if kept]
+    model.train(was_training)
+    local = {
+        "correct": np.concatenate(correct) if correct else np.zeros((0, 16), bool),
+        "visible": np.concatenate(visible) if visible else np.zeros((0, 16), bool),
+    }
+    keys, values = gather_per_sample(keys, local)
+    if not keys:
+        raise ValueError(
+            "no sample has a head size: PCKh needs MPII shards packed by this version "
+            "(shards/pack_mpii.py stores head_size)"
+        )
+    per_joint, total = pckh_summary(
+        torch.as_tensor(values["correct"]), torch.as_tensor(values["visible"])
+    )
+    return {
+        "keys": keys,
+        **values,
+        "per_joint": (100.0 * per_joint).tolist(),
+        "total": 100.0 * float(total),
     }
 
 

@@ -118,6 +118,34 @@ def weak_perspective_to_translation(
     return torch.stack([tx, ty, tz], -1)
 
 
+def crop_camera_to_full(
+    cam: torch.Tensor, intrinsics: torch.Tensor, input_size: int
+) -> torch.Tensor:
+    """PARE's crop camera ``[s, tx, ty]`` (B, 3) -> the body's translation (B, 3) in the real
+    camera whose intrinsics on the input crop's pixels are ``intrinsics`` (B, 3, 3).
+
+    The weak-perspective image of the root, ``S/2 + (s S / 2)(X + t)`` in input pixels, equals
+    the pinhole's ``f (X + T) / T_z + c`` when ``T_z = 2 f / (s S)`` and
+    ``T_xy = t + (S/2 - c) T_z / f`` (square pixels, as weak perspective assumes): a crop whose
+    centre is off the principal point sees the body obliquely, which shifts it sideways.
+    """
+    s, tx, ty = cam.double().unbind(-1)
+    f = intrinsics[:, [0, 1], [0, 1]].double()  # (B, 2) fx, fy
+    c = intrinsics[:, [0, 1], [2, 2]].double()  # (B, 2) cx, cy
+    tz = 2 * f[:, 0] / (input_size * s + 1e-9)
+    txy = torch.stack([tx, ty], -1) + (input_size / 2.0 - c) * tz[:, None] / f
+    return torch.cat([txy, tz[:, None]], -1)
+
+
+def global_rotations(rotmat: torch.Tensor, parents: tuple[int, ...]) -> torch.Tensor:
+    """Per-joint rotations relative to the parent (B, J, 3, 3) -> rotations in the root's
+    (camera) frame, down the kinematic tree (``parents[j] < j``, root parent -1)."""
+    out = [rotmat[:, 0]]
+    for j in range(1, rotmat.shape[1]):
+        out.append(out[parents[j]] @ rotmat[:, j])
+    return torch.stack(out, 1)
+
+
 def perspective_projection(
     points: torch.Tensor,
     translation: torch.Tensor,

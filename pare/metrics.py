@@ -240,10 +240,16 @@ def pckh(
     Only annotated-visible joints count. The total leaves out pelvis and thorax, as MPII's
     evaluation does, and weighs joints by how many are visible. A joint never visible is NaN.
     """
-    correct = pckh_correct(pred, gt, head_boxes, alpha) & visible.bool()
+    return pckh_summary(pckh_correct(pred, gt, head_boxes, alpha), visible)
+
+
+def pckh_summary(correct: torch.Tensor, visible: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-joint accuracy (16,) and the total from per-person hits and visibility (B, 16); see
+    :func:`pckh`."""
+    correct = correct.bool() & visible.bool()
     count = visible.bool().sum(0).double()
     per_joint = correct.sum(0).double() / count  # NaN where count == 0
-    keep = torch.ones(pred.shape[-2], dtype=torch.bool, device=pred.device)
+    keep = torch.ones(correct.shape[-1], dtype=torch.bool, device=correct.device)
     keep[list(PCKH_EXCLUDED)] = False
     total = correct[:, keep].sum().double() / count[keep].sum()
     return per_joint, total

@@ -252,3 +252,33 @@ def parameters_in_sync(accelerator, model: torch.nn.Module) -> bool:
     checksum = torch.stack([flat.sum(), (flat * weights).sum()])  # order-sensitive
     gathered = accelerator.gather(checksum[None])  # (ranks, 2)
     return bool((gathered == gathered[0]).all())
+
+
+def resolve_checkpoint(path: Path, which: str = "best") -> tuple[Path, Path | None]:
+    """(weights file, run folder or None) for a weights file, a run folder or a checkpoint."""
+    if path.is_file():
+        run = next((p for p in path.parents if (p / "config.yaml").is_file()), None)
+        return path, run
+    if not path.is_dir():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    if (path / "config.yaml").is_file():  # a run folder
+        best, final = path / "best" / "model.safetensors", path / "model.safetensors"
+        if which == "final" or not best.is_file():
+            return final, path
+        return best, path
+    weights = path / "model.safetensors"  # a checkpoint folder (save_state)
+    if weights.is_file():
+        return weights, next((p for p in path.parents if (p / "config.yaml").is_file()), None)
+    raise FileNotFoundError(
+        f"{path} holds neither config.yaml (a run folder) nor model.safetensors (a checkpoint)"
+    )
+
+
+def peak_memory_mb(device: torch.device) -> tuple[float, str]:
+    """This process's peak memory in MiB and what was measured: allocated CUDA memory on a GPU,
+    else the peak resident set size (model, activations, Python and all)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20, "CUDA allocated"
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "process RSS"

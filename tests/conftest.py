@@ -65,9 +65,10 @@ def packed(raw, tmp_path_factory):
     out = tmp_path_factory.mktemp("shards")
     pack_3dpw(raw / "3dpw", "train", out / "3dpw", "standin", OPTS)
     pack_3dpw(raw / "3dpw", "validation", out / "3dpw_val", "standin", OPTS)
-    pack_mpii(
-        raw / "mpii", "train", out / "mpii", "standin", OPTS, eft=raw / "mpii" / "MPII_ver01.json"
-    )
+    for split, name in (("train", "mpii"), ("val", "mpii_val")):
+        pack_mpii(
+            raw / "mpii", split, out / name, "standin", OPTS, eft=raw / "mpii" / "MPII_ver01.json"
+        )
     return out
 
 

@@ -1,50 +1,168 @@
-"""Evaluate trained weights on the validation shards (MPJPE, PA-MPJPE, PVE in mm), next to the
-mean-pose baseline (the training set's mean SMPL pose and shape, predicted for every image).
+"""Evaluate trained weights: 3DPW metrics overall and per sequence, MPII PCKh, an optional
+mean-pose baseline, an export for the official 3DPW evaluator, and a W&B summary.
 
-    python train/evaluate.py --run runs/demo [--weights best|final|FILE] [key=value ...]
-    python train/evaluate.py --config configs/hrnet_w32.yaml --weights model.safetensors
+    python train/evaluate.py --checkpoint CKPT --shards DIR [DIR ...] [options] [key=value ...]
+    python train/evaluate.py --run runs/demo --baseline          # a run folder's best weights
+    accelerate launch train/evaluate.py --checkpoint CKPT ...    # every sample counts once
 
-Prints a table, writes ``<run>/eval.json`` (or ``--out``), and with ``--require-gain 0.2`` exits
-1 unless the model's PA-MPJPE is at least 20% below the baseline's.
+CKPT is a ``.safetensors`` file, a run folder (its best weights, else its final ones) or a
+checkpoint folder; its config is the run's ``config.yaml`` unless ``--config`` is given. Shard
+folders are 3DPW (MPJPE, PA-MPJPE, PVE in mm; PCK@50 mm and AUC in %) or MPII (PCKh@0.5 in %)
+splits; by default the config's validation shards. Writes ``eval.json`` and ``eval.csv`` (one
+row per sequence and an overall row per model) to ``--out`` (default ``<run>/eval``).
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
+import io
+import json
 import sys
 from pathlib import Path
 
 from pare.config import ConfigError, load_config
 from pare.data.stream import eval_loader, shard_urls
-from pare.evaluation import ConstantPrediction, GroundTruthBodies, evaluate, mean_training_pose
-from pare.io_utils import write_json_atomic
+from pare.evaluation import (
+    METRICS,
+    UNITS,
+    ConstantPrediction,
+    GroundTruthBodies,
+    evaluate,
+    evaluate_pckh,
+    mean_training_pose,
+    metric_key,
+    per_sequence,
+)
+from pare.io_utils import write_bytes_atomic, write_json_atomic
 from pare.models import build_model
-from pare.runtime import load_weights, run_entry_point
+from pare.runtime import (
+    LaunchError,
+    check_launch,
+    load_weights,
+    resolve_checkpoint,
+    run_entry_point,
+)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", type=Path, help="weights file, run folder or checkpoint")
+    parser.add_argument("--run", type=Path, help="a run folder (same as --checkpoint RUN)")
+    parser.add_argument("--weights", default="best", help="with a run folder: best or final")
+    parser.add_argument("--config", action="append", default=[], help="YAML config (repeatable)")
+    parser.add_argument("--shards", nargs="+", default=[], help="3DPW or MPII split folders")
+    parser.add_argument("--out", type=Path, help="output folder (default <run>/eval)")
+    parser.add_argument("--baseline", action="store_true", help="add the mean-pose baseline")
+    parser.add_argument("--export-3dpw", type=Path, help="write official-evaluator pkls here")
+    parser.add_argument("--dataset-root", type=Path, help="3DPW root: sequence sizes for export")
+    parser.add_argument("--split", default="validation", help="3DPW split of --dataset-root")
+    parser.add_argument("--wandb", choices=("offline", "online"), help="log a W&B summary run")
+    parser.add_argument("--require-gain", type=float, help="exit 1 below this PA-MPJPE gain")
+    parser.add_argument("--per-sequence", type=int, default=12, help="rows printed (0: none)")
+    parser.add_argument("overrides", nargs="*", help="config key=value overrides")
+    args = parser.parse_args(argv)
+    if (args.checkpoint is None) == (args.run is None):
+        parser.error("give one of --checkpoint CKPT or --run RUN")
+    if args.require_gain is not None:
+        args.baseline = True
+    return args
+
+
+def shard_kind(path: str) -> str:
+    """'3dpw' or 'mpii', from a split folder's manifest."""
+    manifest = Path(path) / "manifest.json" if not path.endswith(".json") else Path(path)
+    if manifest.is_file():
+        return json.loads(manifest.read_text()).get("dataset", "3dpw")
+    return "mpii" if "mpii" in Path(path).name.lower() else "3dpw"
+
+
+LABELS = {"mpjpe": "MPJPE", "pa_mpjpe": "PA-MPJPE", "pve": "PVE", "pck50": "PCK@50", "auc": "AUC"}
+
+
+def table(rows: dict[str, dict], columns: tuple[str, ...], first: str = "model") -> str:
+    """A markdown table: one row per name, the columns' values with one decimal."""
+    width = max([len(first), *map(len, rows)])
+    heads = [f"{LABELS[c]} ({UNITS[c]})" for c in columns]
+    lines = [
+        "| " + " | ".join([first.ljust(width), *heads]) + " |",
+        "|" + "|".join(["-" * (width + 2), *("-" * (len(h) + 2) for h in heads)]) + "|",
+    ]
+    for name, values in rows.items():
+        cells = [f"{values[c]:.1f}".rjust(len(h)) for c, h in zip(columns, heads, strict=True)]
+        lines.append("| " + " | ".join([name.ljust(width), *cells]) + " |")
+    return "\n".join(lines)
+
+
+def csv_text(report: dict) -> str:
+    """One row per (model, 3DPW sequence), an 'all' row per model, and MPII's PCKh rows."""
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    metric_columns = [metric_key(m) for m in METRICS]
+    writer.writerow(["model", "dataset", "sequence", "samples", *metric_columns, "pckh_pct"])
+    for model, result in report["3dpw"].items():
+        rows = {"all": result["overall"], **result["per_sequence"]}
+        for sequence, values in rows.items():
+            metrics = [f"{values[m]:.4f}" for m in METRICS]
+            writer.writerow([model, "3dpw", sequence, values["samples"], *metrics, ""])
+    for model, result in report.get("mpii", {}).items():
+        blank = [""] * len(METRICS)
+        writer.writerow([model, "mpii", "all", result["samples"], *blank, f"{result['pckh']:.4f}"])
+    return buf.getvalue()
+
+
+def log_to_wandb(mode: str, cfg, report: dict, out: Path, name: str) -> str:
+    """A W&B run (job type 'eval', in the training run's project and group) whose summary
+    holds the metrics and whose table holds the per-sequence rows. Returns its folder."""
+    import wandb
+
+    run = wandb.init(
+        project=cfg.logging.project,
+        entity=cfg.logging.entity or None,
+        group=cfg.logging.group or None,
+        job_type="eval",
+        name=f"eval-{name}",
+        mode=mode,
+        dir=str(out),
+        config={"checkpoint": report["weights"]},
+    )
+    try:
+        for model, result in report["3dpw"].items():
+            for m in METRICS:
+                run.summary[f"eval/{model}/{metric_key(m)}"] = result["overall"][m]
+            columns = ["sequence", "samples", *map(metric_key, METRICS)]
+            data = [
+                [seq, v["samples"], *(v[m] for m in METRICS)]
+                for seq, v in result["per_sequence"].items()
+            ]
+            run.log({f"eval/{model}/per_sequence": wandb.Table(columns=columns, data=data)})
+        for model, result in report.get("mpii", {}).items():
+            run.summary[f"eval/{model}/pckh_pct"] = result["pckh"]
+        return str(Path(run.dir).parent)
+    finally:
+        run.finish()
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--run", type=Path, help="a run folder (its config.yaml and weights)")
-    parser.add_argument("--config", action="append", default=[], help="YAML overrides")
-    parser.add_argument("--weights", default="best", help="best, final, or a .safetensors file")
-    parser.add_argument("--out", type=Path, help="JSON output (default <run>/eval.json)")
-    parser.add_argument("--require-gain", type=float, help="exit 1 below this PA-MPJPE gain")
-    parser.add_argument("overrides", nargs="*")
-    args = parser.parse_args(argv)
-    configs = ([args.run / "config.yaml"] if args.run else []) + args.config
+    from accelerate import Accelerator
+
+    args = parse_args(argv)
+    weights, run = resolve_checkpoint(args.checkpoint or args.run, args.weights)
+    configs = args.config or ([run / "config.yaml"] if run else [])
+    if not configs:
+        raise ConfigError(f"no config.yaml found above {weights}: pass --config")
     cfg = load_config(configs, args.overrides)
-    run = args.run or Path(cfg.train.output_dir)
-    weights = {"best": run / "best" / "model.safetensors", "final": run / "model.safetensors"}.get(
-        args.weights, Path(args.weights)
-    )
-    if args.weights == "best" and not weights.is_file():
-        weights = run / "model.safetensors"  # no evaluation ran during training
+    shards = args.shards or [entry.path for entry in cfg.data.val]
+    out = args.out or (run / "eval" if run else Path("eval"))
+
+    accelerator = Accelerator()
+    check_launch(accelerator.num_processes)
+    main_process, device = accelerator.is_main_process, accelerator.device
+    say = print if main_process else (lambda *a, **k: None)
 
     model = build_model(cfg.model, cfg.body)
     meta = load_weights(model, weights)
-    gt_bodies = GroundTruthBodies(cfg.body.model_path)
-    val_urls = [u for entry in cfg.data.val for u in shard_urls(entry.path)]
-    train_urls = [u for entry in cfg.data.train for u in shard_urls(entry.path)]
+    model.to(device)
     data = cfg.data
 
     def loader(urls: list[str]):
@@ -52,39 +170,97 @@ def main(argv: list[str] | None = None) -> int:
             urls, data.batch_size, data.num_workers, data.crop_size, data.heatmap_size
         )
 
-    rotmat, betas = mean_training_pose(loader(train_urls))
-    baseline = ConstantPrediction(rotmat, betas, model.smpl)
-    rows = {
-        f"PARE ({cfg.model.backbone}, step {meta.get('step', '?')})": evaluate(
-            model, loader(val_urls), gt_bodies, "cpu"
-        ),
-        "mean-pose baseline": evaluate(baseline, loader(val_urls), gt_bodies, "cpu"),
-    }
-    ours, base = rows.values()
-    gain = 1.0 - ours["mean"]["pa_mpjpe"] / base["mean"]["pa_mpjpe"]
-    label = " (STAND-IN body model)" if model.smpl.is_standin else ""
-    print(f"\n3DPW-protocol evaluation on {len(ours['keys'])} validation samples (mm){label}")
-    print(f"| {'model':<34} | {'MPJPE':>7} | {'PA-MPJPE':>8} | {'PVE':>7} |")
-    print(f"|{'-' * 36}|{'-' * 9}|{'-' * 10}|{'-' * 9}|")
-    for name, result in rows.items():
-        m = result["mean"]
-        print(f"| {name:<34} | {m['mpjpe']:>7.1f} | {m['pa_mpjpe']:>8.1f} | {m['pve']:>7.1f} |")
-    side = "below" if gain >= 0 else "above"
-    print(f"\nPA-MPJPE {100 * abs(gain):.0f}% {side} the mean-pose baseline's")
-    out = args.out or run / "eval.json"
-    summary = {name: r["mean"] | {"samples": len(r["keys"])} for name, r in rows.items()}
-    write_json_atomic(
-        out, {"weights": str(weights), "rows": summary, "pa_mpjpe_gain": gain}, indent=2
-    )
-    print(f"wrote {out}")
-    if args.require_gain is not None and gain < args.require_gain:
-        print(
-            f"error: the gain {gain:.2f} is below the required {args.require_gain:.2f}",
-            file=sys.stderr,
-        )
+    name = f"PARE ({cfg.model.backbone}, step {meta.get('step', '?')})"
+    models = {name: model}
+    if args.baseline:
+        train_urls = [u for entry in cfg.data.train for u in shard_urls(entry.path)]
+        rotmat, betas = mean_training_pose(loader(train_urls))
+        models["mean-pose baseline"] = ConstantPrediction(rotmat, betas, model.smpl).to(device)
+
+    kinds = {path: shard_kind(path) for path in shards}
+    urls_3dpw = [u for p, k in kinds.items() if k == "3dpw" for u in shard_urls(p)]
+    urls_mpii = [u for p, k in kinds.items() if k == "mpii" for u in shard_urls(p)]
+    report: dict = {"weights": str(weights), "shards": list(shards), "3dpw": {}}
+    if urls_3dpw:
+        gt_bodies = GroundTruthBodies(cfg.body.model_path).to(device)
+        export = None
+        if args.export_3dpw:
+            from pare.export import export_fields
+
+            export = export_fields
+        for label, m in models.items():
+            result = evaluate(
+                m, loader(urls_3dpw), gt_bodies, device, export if m is model else None
+            )
+            report["3dpw"][label] = {
+                "overall": result["mean"] | {"samples": len(result["keys"])},
+                "per_sequence": per_sequence(result),
+            }
+            if m is model and args.export_3dpw and main_process:
+                from pare.export import sequence_shapes, write_3dpw_predictions
+
+                shapes = (
+                    sequence_shapes(args.dataset_root, args.split) if args.dataset_root else None
+                )
+                files = write_3dpw_predictions(
+                    result["keys"],
+                    result["joint_positions"],
+                    result["orientations"],
+                    args.export_3dpw,
+                    shapes,
+                )
+                say(
+                    f"wrote {len(files)} sequence files for the 3DPW evaluator to {args.export_3dpw}"
+                )
+    if urls_mpii:
+        report["mpii"] = {}
+        for label, m in models.items():
+            if m is not model:
+                continue  # the baseline predicts no image-dependent 2D joints worth scoring
+            result = evaluate_pckh(m, loader(urls_mpii), device)
+            report["mpii"][label] = {
+                "pckh": result["total"],
+                "per_joint": result["per_joint"],
+                "samples": len(result["keys"]),
+            }
+
+    gain = None
+    if report["3dpw"]:
+        overall = {label: r["overall"] for label, r in report["3dpw"].items()}
+        first = next(iter(overall.values()))
+        label_note = " (STAND-IN body model)" if model.smpl.is_standin else ""
+        say(f"\n3DPW-protocol evaluation on {first['samples']} samples{label_note}")
+        say(table(overall, METRICS))
+        seq = report["3dpw"][name]["per_sequence"]
+        if args.per_sequence and len(seq) > 1:
+            shown = dict(
+                sorted(seq.items(), key=lambda kv: -kv[1]["pa_mpjpe"])[: args.per_sequence]
+            )
+            say(f"\nper sequence (worst {len(shown)} of {len(seq)} by PA-MPJPE; all in eval.csv)")
+            say(table(shown, ("pa_mpjpe", "mpjpe", "pve"), "sequence"))
+        if args.baseline:
+            base = overall["mean-pose baseline"]["pa_mpjpe"]
+            gain = 1.0 - overall[name]["pa_mpjpe"] / base
+            report["pa_mpjpe_gain"] = gain
+            side = "below" if gain >= 0 else "above"
+            say(f"\nPA-MPJPE {100 * abs(gain):.0f}% {side} the mean-pose baseline's")
+    for r in report.get("mpii", {}).values():
+        say(f"\nMPII PCKh@0.5 of the projected 2D joints: {r['pckh']:.1f}% ({r['samples']} people)")
+
+    if main_process:
+        write_json_atomic(out / "eval.json", report, indent=2)
+        write_bytes_atomic(out / "eval.csv", csv_text(report).encode())
+        say(f"wrote {out / 'eval.json'} and {out / 'eval.csv'}")
+        if args.wandb:
+            where = log_to_wandb(args.wandb, cfg, report, out, (run or weights.parent).name)
+            say(f"W&B summary run in {where}")
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    if args.require_gain is not None and (gain is None or gain < args.require_gain):
+        print(f"error: the PA-MPJPE gain {gain} is below {args.require_gain:.2f}", file=sys.stderr)
         return 1
     return 0
 
 
 if __name__ == "__main__":
-    run_entry_point(main, (ConfigError, FileNotFoundError))
+    run_entry_point(main, (ConfigError, FileNotFoundError, LaunchError, ValueError))

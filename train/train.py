@@ -32,7 +32,7 @@ from pare.config import ConfigError, load_config, save_config
 from pare.data.batch import normalize_images
 from pare.data.stream import StreamState, eval_loader, shard_urls, sources_from_config, train_loader
 from pare.distributed import broadcast_buffers
-from pare.evaluation import GroundTruthBodies, evaluate
+from pare.evaluation import GroundTruthBodies, evaluate, metric_key
 from pare.io_utils import write_json_atomic
 from pare.losses import pare_loss
 from pare.models import build_model
@@ -45,6 +45,7 @@ from pare.runtime import (
     check_launch,
     export_weights,
     parameters_in_sync,
+    peak_memory_mb,
     resolve_resume,
     run_entry_point,
     save_checkpoint,
@@ -179,6 +180,9 @@ def main(argv: list[str] | None = None) -> int:
     nonfinite_in_a_row, stopped = 0, ""
     sums: dict[str, float] = {}
     timer = {"data": 0.0, "compute": 0.0, "samples": 0, "start": time.perf_counter()}
+    # Wall time per optimiser step (data + compute, evaluation excluded) after the first log
+    # window, which holds the warm-up (worker start, first allocations).
+    pace = {"seconds": 0.0, "steps": 0, "windows": 0}
     grad_norm = torch.zeros(())
     model.train()
     try:
@@ -257,6 +261,10 @@ def main(argv: list[str] | None = None) -> int:
                         {k: torch.tensor(v, device=device) for k, v in means.items()}, "mean"
                     )
                     elapsed = time.perf_counter() - timer["start"]
+                    pace["windows"] += 1
+                    if pace["windows"] > 1:
+                        pace["seconds"] += elapsed
+                        pace["steps"] += tc.log_every
                     metrics = {f"loss/{k}": float(v) for k, v in means.items()}
                     metrics.update(
                         {
@@ -307,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
                     result = evaluate(
                         accelerator.unwrap_model(model), loader_eval, gt_bodies, device
                     )
-                    metrics = {f"val/{k}_mm": v for k, v in result["mean"].items()}
+                    metrics = {f"val/{metric_key(k)}": v for k, v in result["mean"].items()}
                     if result["mean"]["pa_mpjpe"] < state.best_pa_mpjpe:
                         state.best_pa_mpjpe, state.best_step = (
                             result["mean"]["pa_mpjpe"],
@@ -349,6 +357,8 @@ def main(argv: list[str] | None = None) -> int:
                 "parameters differ between ranks: the processes did not train in sync"
             )
         log.info("parameters identical on all %d ranks", accelerator.num_processes)
+        memory_mb, memory_kind = peak_memory_mb(device)
+        log.info("peak memory %.0f MB (%s, rank 0)", memory_mb, memory_kind)
         if main_process:
             export_weights(
                 accelerator.unwrap_model(model),
@@ -358,7 +368,13 @@ def main(argv: list[str] | None = None) -> int:
             if state.step >= tc.max_steps:  # job scripts requeue until this marker exists
                 write_json_atomic(
                     run_dir / DONE_MARKER,
-                    {"step": state.step, "best_pa_mpjpe": state.best_pa_mpjpe},
+                    {
+                        "step": state.step,
+                        "best_pa_mpjpe": state.best_pa_mpjpe,
+                        "step_time_s": pace["seconds"] / pace["steps"] if pace["steps"] else None,
+                        "peak_memory_mb": memory_mb,
+                        "peak_memory_kind": memory_kind,
+                    },
                 )
         if accelerator.log_with and main_process:
             tracker = accelerator.get_tracker("wandb", unwrap=True)

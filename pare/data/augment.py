@@ -217,6 +217,8 @@ def augment(sample: dict, params: AugmentParams, out_size: int = 224, label_size
     if params.occlusion is not None:
         out["image"] = occlude(out["image"], params.occlusion)
     out.update(keypoints_2d=kp, pose=pose, joints_3d=joints, h36m_3d=h36m, intrinsics=intrinsics)
+    if "head_size" in sample:  # a length: scaled by the similarity's scale
+        out["head_size"] = float(sample["head_size"]) * math.sqrt(abs(np.linalg.det(m[:2, :2])))
     out["image"] = np.ascontiguousarray(out["image"])
     return flip(out, out_size) if params.flip else out
 

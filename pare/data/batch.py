@@ -30,6 +30,7 @@ BATCH_FIELDS: dict[str, tuple[tuple, torch.dtype]] = {
     "has_part_labels": ((), torch.bool),
     "is_pseudo_gt": ((), torch.bool),
     "dataset": ((), torch.int64),  # index into the stream's dataset list
+    "head_size": ((), torch.float32),  # MPII's PCKh unit in input pixels (0 when unknown)
 }
 
 

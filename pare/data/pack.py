@@ -91,6 +91,7 @@ class ThreeDPWBuilder:
             "crop_box": crop.box,
             "box_center": box[0],
             "box_scale": box[1],
+            "head_size": 0.0,
         }
         return {
             "__key__": f"3dpw_{rec.sequence}_a{rec.actor}_f{rec.frame:05d}",
@@ -162,6 +163,10 @@ class MPIIBuilder:
             "crop_box": crop.box,
             "box_center": center,
             "box_scale": scale,
+            # PCKh's unit, 0.6 x the head box's diagonal, in crop pixels (the crop only scales).
+            "head_size": 0.6
+            * float(np.hypot(*(person.head_box[2:] - person.head_box[:2])))
+            * float(crop.matrix[0, 0]),
         }
         sample = {
             "__key__": f"mpii_{Path(person.image).stem}_r{person.rect}",

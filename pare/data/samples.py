@@ -47,6 +47,7 @@ NPZ_FIELDS = {
     "crop_box": ((4,), np.float32),  # x0, y0, x1, y1 of the crop in the original image
     "box_center": ((2,), np.float32),  # person box in the original image ("200 px" convention)
     "box_scale": ((), np.float32),
+    "head_size": ((), np.float32),  # MPII: 0.6 x head-box diagonal in crop pixels (PCKh); else 0
 }
 
 

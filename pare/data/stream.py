@@ -188,6 +188,8 @@ def to_item(sample: dict, dataset_index: int) -> dict:
         "has_part_labels": sample.get("parts") is not None,
         "is_pseudo_gt": sample["is_pseudo_gt"],
         "dataset": dataset_index,
+        # 0.6 x head-box diagonal, for PCKh (MPII only; shards packed before it have none).
+        "head_size": float(sample.get("head_size", 0.0)),
     }
 
 

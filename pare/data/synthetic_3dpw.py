@@ -220,9 +220,13 @@ def _make_sequence(
 
 
 def _campose_valid(rng: np.random.Generator, n: int) -> np.ndarray:
-    """Mostly valid, with one or two short runs of invalid frames (as in the real data)."""
+    """Mostly valid, with one or two short runs of invalid frames (as in the real data). Clips
+    shorter than 8 frames (many short sequences, for pose variety) keep a run with probability
+    n / 16, so they too stay mostly valid."""
     valid = np.ones(n, np.int64)
     for _ in range(int(rng.integers(1, 3))):
         start = int(rng.integers(0, n))
-        valid[start : start + int(rng.integers(1, max(2, min(6, n // 8)) + 1))] = 0
+        length = int(rng.integers(1, max(2, min(6, n // 8)) + 1))
+        if n >= 8 or rng.random() < n / 16:
+            valid[start : start + length] = 0
     return valid

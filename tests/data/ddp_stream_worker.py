@@ -16,12 +16,13 @@ from pare.distributed import gather_per_sample
 
 def main() -> None:
     shards, out, steps = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
+    n_train = int(sys.argv[4])  # how many 3DPW training shards to stream
     accelerator = Accelerator()
     cfg = load_config(
         [], ["data.batch_size=4", "data.num_workers=2", "data.shuffle_buffer=20"]
     ).data
     sources = [
-        Source("3dpw", shard_urls(str(shards / "3dpw")), 0.5),
+        Source("3dpw", shard_urls(str(shards / "3dpw"))[:n_train], 0.5),
         Source("mpii", shard_urls(str(shards / "mpii")), 0.5),
     ]
     count = 0

@@ -268,19 +268,20 @@ def test_silent_mis_launches_fail_loudly(packed, tmp_path, flags, message):
 
 
 def test_evaluate_show_run_and_mean_params_entry_points(offline_run, packed, tmp_path):
-    out = _script("evaluate.py", "--run", offline_run, "--out", tmp_path / "e.json")
+    out = _script("evaluate.py", "--run", offline_run, "--baseline", "--out", tmp_path / "e")
     assert out.returncode == 0, out.stderr[-3000:]
     assert "mean-pose baseline" in out.stdout and "STAND-IN" in out.stdout
-    result = json.loads((tmp_path / "e.json").read_text())
+    result = json.loads((tmp_path / "e" / "eval.json").read_text())
     manifest = json.loads((packed / "3dpw_val" / "manifest.json").read_text())
     total = sum(s["nsamples"] for s in manifest["shardlist"])
-    assert [r["samples"] for r in result["rows"].values()] == [total, total]
-    ours, baseline = (r["pa_mpjpe"] for r in result["rows"].values())
+    rows = [r["overall"] for r in result["3dpw"].values()]
+    assert [r["samples"] for r in rows] == [total, total]
+    ours, baseline = (r["pa_mpjpe"] for r in rows)
     assert 1.0 - ours / baseline == pytest.approx(result["pa_mpjpe_gain"])
     impossible = _script(
-        "evaluate.py", "--run", offline_run, "--out", tmp_path / "f.json", "--require-gain", 2
+        "evaluate.py", "--run", offline_run, "--out", tmp_path / "f", "--require-gain", 2
     )
-    assert impossible.returncode == 1 and "below the required" in impossible.stderr
+    assert impossible.returncode == 1 and "is below 2.00" in impossible.stderr
 
     shown = _script("show_run.py", offline_run)
     assert shown.returncode == 0 and "wandb sync" in shown.stdout and "overlay" in shown.stdout
@@ -294,3 +295,204 @@ def test_evaluate_show_run_and_mean_params_entry_points(offline_run, packed, tmp
     assert read_mean_params(tmp_path / "mean.npz")["start_6d"].shape == (24, 6)
     bad = _script("mean_params.py", "--out", tmp_path / "x.npz", tmp_path / "nothing")
     assert bad.returncode == 2 and "nothing not found" in bad.stderr
+
+
+def test_evaluate_checkpoint_on_3dpw_and_mpii_with_export_and_wandb(
+    offline_run, packed, raw, tmp_path
+):
+    import csv
+
+    from pare.data.batch import normalize_images
+    from pare.evaluation import parse_3dpw_key
+    from pare.export import export_fields, read_3dpw_predictions, sequence_shapes
+
+    weights = offline_run / "model.safetensors"
+    common = ["--shards", packed / "3dpw_val", packed / "mpii_val", "--checkpoint", weights]
+    out = _script(
+        "evaluate.py",
+        *common,
+        "--out",
+        tmp_path / "one",
+        "--export-3dpw",
+        tmp_path / "pred",
+        "--dataset-root",
+        raw / "3dpw",
+        "--wandb",
+        "offline",
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "3DPW-protocol evaluation" in out.stdout and "PCKh@0.5" in out.stdout
+    report = json.loads((tmp_path / "one" / "eval.json").read_text())
+    (result,) = report["3dpw"].values()
+    manifest = json.loads((packed / "3dpw_val" / "manifest.json").read_text())
+    total = sum(s["nsamples"] for s in manifest["shardlist"])
+    assert result["overall"]["samples"] == total
+    assert sum(s["samples"] for s in result["per_sequence"].values()) == total
+    (mpii,) = report["mpii"].values()
+    assert mpii["samples"] > 0 and 0 <= mpii["pckh"] <= 100
+    with open(tmp_path / "one" / "eval.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert {r["sequence"] for r in rows if r["dataset"] == "3dpw"} == {
+        "all",
+        *result["per_sequence"],
+    }
+    assert float(rows[0]["pa_mpjpe_mm"]) == pytest.approx(result["overall"]["pa_mpjpe"], abs=1e-3)
+    (wandb_dir,) = (tmp_path / "one" / "wandb").glob("offline-run-*")
+    summary = read_wandb_run(wandb_dir)["summary"]
+    assert any(k.endswith("/pa_mpjpe_mm") for k in summary)
+
+    # The export: one file per ground-truth sequence, shaped like it, holding for each sample the
+    # joints the model predicts for it (recomputed here).
+    shapes = sequence_shapes(raw / "3dpw", "validation")
+    files = sorted((tmp_path / "pred").glob("*.pkl"))
+    assert [f.stem for f in files] == sorted(result["per_sequence"])
+    cfg = load_config([offline_run / "config.yaml"])
+    model = build_model(cfg.model, cfg.body)
+    load_weights(model, weights)
+    model.eval()
+    urls = shard_urls(str(packed / "3dpw_val"))
+    batch = next(iter(eval_loader(urls, 2, 0, cfg.data.crop_size, cfg.data.heatmap_size)))
+
+    with torch.no_grad():
+        fields = export_fields(model(normalize_images(batch["image"])), batch)
+    for row, key in enumerate(batch["__key__"]):
+        sequence, actor, frame = parse_3dpw_key(key)
+        exported = read_3dpw_predictions(tmp_path / "pred" / f"{sequence}.pkl")
+        assert exported["jointPositions"].shape[:2] == shapes[sequence]
+        np.testing.assert_allclose(
+            exported["jointPositions"][actor, frame], fields["joint_positions"][row], atol=1e-4
+        )
+        np.testing.assert_allclose(
+            exported["orientations"][actor, frame], fields["orientations"][row], atol=1e-5
+        )
+
+    # Under two processes every sample counts once and the numbers are the same.
+    launcher = accelerate_launch(2, 29537)
+    two = subprocess.run(
+        [
+            *launcher,
+            str(ROOT / "train" / "evaluate.py"),
+            *map(str, common),
+            "--out",
+            str(tmp_path / "two"),
+        ],
+        env=dict(ENV, ACCELERATE_USE_CPU="1"),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert two.returncode == 0, two.stderr[-3000:]
+    (result2,) = json.loads((tmp_path / "two" / "eval.json").read_text())["3dpw"].values()
+    assert result2["overall"]["samples"] == total
+    for metric, value in result["overall"].items():
+        assert result2["overall"][metric] == pytest.approx(value, rel=1e-5), metric
+    (mpii2,) = json.loads((tmp_path / "two" / "eval.json").read_text())["mpii"].values()
+    assert mpii2["samples"] == mpii["samples"] and mpii2["pckh"] == pytest.approx(mpii["pckh"])
+
+
+def _box_iou(a, b):
+    lo, hi = np.maximum(a[:2], b[:2]), np.minimum(a[2:], b[2:])
+    inter = np.prod(np.clip(hi - lo, 0, None))
+    return inter / (np.prod(a[2:] - a[:2]) + np.prod(b[2:] - b[:2]) - inter)
+
+
+def test_predict_on_images_folders_and_video(offline_run, raw, tmp_path, test_output):
+    import imageio.v3 as iio
+    from PIL import Image
+
+    from pare.safe_pickle import load_pickle
+
+    (seq_file,) = list((raw / "3dpw" / "sequenceFiles" / "validation").glob("*.pkl"))[:1]
+    seq = load_pickle(seq_file)
+    frames = raw / "3dpw" / "imageFiles" / seq_file.stem
+    image = frames / "image_00000.jpg"
+    keypoints = [np.asarray(p[0], float).T for p in seq["poses2d"]]  # per actor (18, 3)
+    people = tmp_path / "people.json"
+    people.write_text(json.dumps({image.name: [k.tolist() for k in keypoints]}))
+    out = _script(
+        "predict.py",
+        image,
+        "--checkpoint",
+        offline_run,
+        "--out",
+        tmp_path / "a",
+        "--people",
+        people,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    overlay = np.asarray(Image.open(tmp_path / "a" / "image_00000_overlay.png"))
+    Image.fromarray(overlay).save(test_output / "predict_overlay.png")  # to look at
+    original = np.asarray(Image.open(image).convert("RGB"))
+    assert overlay.shape == original.shape
+    for p, kp in enumerate(keypoints):
+        arrays = np.load(tmp_path / "a" / f"image_00000_p{p}.npz")
+        saved = json.loads((tmp_path / "a" / f"image_00000_p{p}.json").read_text())
+        assert set(saved) >= {"pose", "betas", "camera", "translation", "joints_3d", "vertices"}
+        np.testing.assert_allclose(saved["translation"], arrays["translation"], atol=1e-5)
+        # The mesh, projected with the saved intrinsics, covers the person's keypoint box.
+        uvw = arrays["vertices"] @ arrays["intrinsics"].T
+        uv = uvw[:, :2] / uvw[:, 2:]
+        mesh_box = np.concatenate([uv.min(0), uv.max(0)])
+        ok = kp[:, 2] > 0
+        person_box = np.concatenate([kp[ok, :2].min(0), kp[ok, :2].max(0)])
+        assert _box_iou(mesh_box, person_box) > 0.3, (mesh_box, person_box)
+        # and the overlay changed the pixels there.
+        x0, y0, x1, y1 = np.clip(person_box, 0, [*original.shape[1::-1]] * 2).astype(int)
+        changed = np.abs(overlay[y0:y1, x0:x1].astype(int) - original[y0:y1, x0:x1]).sum(-1) > 30
+        assert changed.mean() > 0.1
+
+    # A folder without people: one centred crop per image; a video: every second frame.
+    video = tmp_path / "clip.mp4"
+    stack = np.stack(
+        [np.asarray(Image.open(f).convert("RGB")) for f in sorted(frames.glob("*.jpg"))[:3]]
+    )
+    iio.imwrite(video, stack[:, : stack.shape[1] // 16 * 16, : stack.shape[2] // 16 * 16], fps=10)
+    out = _script(
+        "predict.py", frames, video, "--checkpoint", offline_run, "--out", tmp_path / "b",
+        "--video-step", "2", "--batch-size", "4",
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    n_images = len(list(frames.glob("*.jpg")))
+    assert len(list((tmp_path / "b").glob("image_*_p0.npz"))) == n_images
+    assert sorted(p.name for p in (tmp_path / "b").glob("clip_*_overlay.png")) == [
+        "clip_f000000_overlay.png",
+        "clip_f000002_overlay.png",
+    ]
+    missing = _script(
+        "predict.py", tmp_path / "nope.jpg", "--checkpoint", offline_run, "--out", tmp_path / "c"
+    )
+    assert missing.returncode == 2 and "input not found" in missing.stderr
+
+
+def test_compare_trains_both_variants_from_one_initialisation(packed, tmp_path):
+    out = tmp_path / "cmp"
+    args = _args(
+        packed, out, "train.max_steps=4", "train.log_every=1", "logging.wandb_mode=offline"
+    )
+    cmd = [sys.executable, str(ROOT / "train" / "compare.py"), "--out", str(out), *args]
+    done = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "self-attention" in done.stdout and "difference" in done.stdout
+    results = json.loads((out / "comparison.json").read_text())
+    with open(out / "comparison.csv") as f:
+        rows = {r["metric"]: r for r in __import__("csv").DictReader(f)}
+    for label, key in (("PA-MPJPE (mm)", "pa_mpjpe"), ("parameters (M)", "parameters_m")):
+        a, b = results["vanilla"][key], results["attention"][key]
+        assert float(rows[label]["difference"]) == pytest.approx(b - a, rel=1e-4, abs=1e-6)
+    assert results["attention"]["parameters_m"] > results["vanilla"]["parameters_m"]
+    assert results["vanilla"]["samples"] == results["attention"]["samples"] > 0
+    assert all(results[v]["step_time_s"] > 0 and results[v]["peak_memory_mb"] > 0 for v in results)
+    # Same seed, data, budget and initialisation; only the attention switch differs.
+    cfgs = {v: load_config([out / v / "config.yaml"]) for v in ("vanilla", "attention")}
+    assert cfgs["vanilla"].model.init_weights == cfgs["attention"].model.init_weights
+    assert cfgs["vanilla"].train.seed == cfgs["attention"].train.seed
+    assert cfgs["vanilla"].data == cfgs["attention"].data
+    assert (cfgs["vanilla"].model.attention.enabled, cfgs["attention"].model.attention.enabled) == (
+        False,
+        True,
+    )
+    groups = {
+        read_wandb_run(next((out / v / "wandb").glob("offline-run-*")))["group"]
+        for v in ("vanilla", "attention")
+    }
+    assert len(groups) == 1 and groups.pop().startswith("compare-")

@@ -1,0 +1,117 @@
+"""Export for the official 3DPW evaluator: the camera conversion, the global part rotations and
+the per-sequence files, each checked against an independent computation."""
+
+import numpy as np
+import pytest
+import torch
+from scipy.spatial.transform import Rotation
+
+from pare.body.joints import SMPL_PARENTS
+from pare.export import (
+    ORIENTATION_PARTS,
+    export_fields,
+    read_3dpw_predictions,
+    sequence_shapes,
+    write_3dpw_predictions,
+)
+from pare.geometry import crop_camera_to_full, global_rotations
+
+
+def test_full_camera_translation_reproduces_the_weak_perspective_image():
+    rng = np.random.default_rng(0)
+    size = 128
+    cam = torch.tensor([[0.9, 0.1, -0.2], [1.3, -0.3, 0.05]], dtype=torch.float64)
+    k = torch.tensor(
+        [
+            [[300.0, 0, 40.0], [0, 300.0, 90.0], [0, 0, 1]],
+            [[150.0, 0, 64.0], [0, 150.0, 64], [0, 0, 1]],
+        ],
+        dtype=torch.float64,
+    )
+    t = crop_camera_to_full(cam, k, size).numpy()
+    # The body's origin: weak perspective puts it at S/2 + s S/2 t in input pixels.
+    for b in range(2):
+        s, tx, ty = cam[b].numpy()
+        expected = size / 2 + s * size / 2 * np.array([tx, ty])
+        fx, fy, cx, cy = k[b, 0, 0], k[b, 1, 1], k[b, 0, 2], k[b, 1, 2]
+        pinhole = np.array([fx * t[b, 0] / t[b, 2] + cx, fy * t[b, 1] / t[b, 2] + cy])
+        np.testing.assert_allclose(pinhole, expected, atol=1e-9)
+        # and a body-sized offset lands where weak perspective puts it, up to perspective
+        x = rng.normal(0, 0.05, 3)
+        u = fx * (x[0] + t[b, 0]) / (x[2] + t[b, 2]) + cx
+        assert abs(u - (size / 2 + s * size / 2 * (x[0] + tx))) < 0.05 * size
+
+
+def test_global_rotations_follow_the_kinematic_chain_like_scipy():
+    local = Rotation.random(2 * 24, random_state=3)
+    rotmat = torch.as_tensor(local.as_matrix()).view(2, 24, 3, 3)
+    out = global_rotations(rotmat, SMPL_PARENTS).numpy()
+    for b in range(2):
+        chain = {}
+        for j in range(24):
+            r = local[b * 24 + j]
+            chain[j] = r if SMPL_PARENTS[j] < 0 else chain[SMPL_PARENTS[j]] * r
+            np.testing.assert_allclose(out[b, j], chain[j].as_matrix(), atol=1e-12)
+
+
+def test_export_round_trip_gives_each_key_its_joints_and_orientations(tmp_path):
+    rng = np.random.default_rng(1)
+    keys = [
+        "3dpw_downtown_walk_00_a1_f00007",
+        "3dpw_downtown_walk_00_a0_f00002",
+        "3dpw_outdoors_fencing_01_a0_f00004",
+    ]
+    joints = rng.normal(size=(3, 24, 3))
+    orient = Rotation.random(27, random_state=4).as_matrix().reshape(3, 9, 3, 3)
+    shapes = {"downtown_walk_00": (2, 10), "outdoors_fencing_01": (1, 5), "unused_00": (1, 3)}
+    files = write_3dpw_predictions(keys, joints, orient, tmp_path, shapes)
+    assert sorted(p.name for p in files) == ["downtown_walk_00.pkl", "outdoors_fencing_01.pkl"]
+    walk = read_3dpw_predictions(tmp_path / "downtown_walk_00.pkl")
+    assert walk["jointPositions"].shape == (2, 10, 24, 3)
+    assert walk["orientations"].shape == (2, 10, 9, 3, 3)
+    np.testing.assert_array_equal(walk["jointPositions"][1, 7], joints[0])
+    np.testing.assert_array_equal(walk["jointPositions"][0, 2], joints[1])
+    np.testing.assert_array_equal(walk["orientations"][0, 2], orient[1])
+    filled = np.ones((2, 10), bool)
+    filled[1, 7] = filled[0, 2] = False
+    assert not walk["jointPositions"][filled].any()  # frames without a prediction stay zero
+    fencing = read_3dpw_predictions(tmp_path / "outdoors_fencing_01.pkl")
+    np.testing.assert_array_equal(fencing["jointPositions"][0, 4], joints[2])
+    # Without ground-truth sizes: the largest actor and frame seen.
+    inferred = write_3dpw_predictions(keys, joints, orient, tmp_path / "bare")
+    assert read_3dpw_predictions(inferred[0])["jointPositions"].shape[:2] == (2, 8)
+    with pytest.raises(ValueError, match="outside the ground truth"):
+        write_3dpw_predictions(
+            keys, joints, orient, tmp_path / "x", {**shapes, "downtown_walk_00": (1, 10)}
+        )
+    with pytest.raises(ValueError, match="not in the ground truth"):
+        write_3dpw_predictions(keys, joints, orient, tmp_path / "y", {"unused_00": (1, 3)})
+
+
+def test_export_fields_from_predictions():
+    rotmat = torch.as_tensor(Rotation.random(24, random_state=5).as_matrix()).float()[None]
+    pred = {
+        "rotmat": rotmat,
+        "camera": torch.tensor([[1.0, 0.0, 0.0]]),
+        "joints_3d": torch.zeros(1, 24, 3),
+    }
+    size = 224
+    f = 5000.0 * size / 224
+    batch = {
+        "image": torch.zeros(1, 3, size, size, dtype=torch.uint8),
+        "intrinsics": torch.tensor([[[f, 0, size / 2], [0, f, size / 2], [0, 0, 1]]]),
+    }
+    out = export_fields(pred, batch)
+    # PARE's own camera (focal 5000 on a 224 crop, centred): tz = 2 f / (S s) = 44.64 m.
+    np.testing.assert_allclose(out["joint_positions"][0, 0], [0, 0, 2 * 5000 / 224], rtol=1e-6)
+    np.testing.assert_allclose(out["orientations"][0, 0], rotmat[0, 0].double().numpy(), atol=1e-6)
+    assert out["orientations"].shape == (1, len(ORIENTATION_PARTS), 3, 3)
+
+
+def test_sequence_shapes_read_the_ground_truth(raw):
+    shapes = sequence_shapes(raw / "3dpw", "validation")
+    assert shapes
+    for name, (actors, frames) in shapes.items():
+        assert actors in (1, 2) and frames == 6, name
+    with pytest.raises(FileNotFoundError, match="sequenceFiles"):
+        sequence_shapes(raw / "nowhere", "validation")

@@ -1,0 +1,124 @@
+"""Run a trained model on images, folders of images or videos: SMPL parameters, camera, 3D joints
+and vertices per person (npz and json), and an overlay PNG per image with the meshes drawn in.
+
+    python train/predict.py IMAGES_OR_FOLDER_OR_VIDEO [...] --checkpoint CKPT --out DIR
+        [--people boxes_or_keypoints.json | OPENPOSE_DIR] [--batch-size 16] [--focal PX]
+
+CKPT is a ``.safetensors`` file, a run folder or a checkpoint folder (as for evaluate.py). People
+come from ``--people`` (detector boxes or 2D keypoints per image name), else one centred square
+crop per image: no detector is needed. Videos need ``pip install 'pare[video]'``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from pare.config import ConfigError, load_config
+from pare.data.batch import normalize_images
+from pare.io_utils import write_bytes_atomic
+from pare.models import build_model
+from pare.predict import (
+    crop_intrinsics,
+    crop_person,
+    full_intrinsics,
+    iter_frames,
+    overlay_people,
+    person_boxes,
+    person_outputs,
+    read_people_file,
+    write_person,
+)
+from pare.runtime import load_weights, resolve_checkpoint, run_entry_point
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("inputs", nargs="+", type=Path, help="images, folders or videos")
+    parser.add_argument("--checkpoint", type=Path, required=True)
+    parser.add_argument("--config", action="append", default=[], help="YAML config (repeatable)")
+    parser.add_argument("--out", type=Path, required=True, help="output folder")
+    parser.add_argument("--people", type=Path, help="boxes/keypoints JSON or OpenPose folder")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--focal", type=float, help="focal length in pixels (default: diagonal)")
+    parser.add_argument("--video-step", type=int, default=1, help="every N-th video frame")
+    parser.add_argument("--no-overlay", action="store_true", help="skip the overlay PNGs")
+    parser.add_argument("overrides", nargs="*", help="config key=value overrides")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    for path in args.inputs:  # before the model loads
+        if not path.exists():
+            raise FileNotFoundError(f"input not found: {path}")
+    weights, run = resolve_checkpoint(args.checkpoint)
+    configs = args.config or ([run / "config.yaml"] if run else [])
+    if not configs:
+        raise ConfigError(f"no config.yaml found above {weights}: pass --config")
+    cfg = load_config(configs, args.overrides)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = build_model(cfg.model, cfg.body)
+    load_weights(model, weights)
+    model.to(device).eval()
+    faces = model.smpl.smpl.faces.astype(np.int64)
+    size = cfg.data.crop_size
+    people_file = read_people_file(args.people) if args.people else {}
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    pending: list = []  # (frame, boxes) waiting for a full batch of people
+    counts = {"images": 0, "people": 0}
+
+    def flush() -> None:
+        crops, owners = [], []
+        for f, (frame, boxes) in enumerate(pending):
+            for p, (centre, side) in enumerate(boxes):
+                crops.append(crop_person(frame.image, centre, side, size))
+                owners.append((f, p))
+        results: list[list[dict]] = [[] for _ in pending]
+        for start in range(0, len(crops), args.batch_size):
+            chunk = np.stack(crops[start : start + args.batch_size])  # (B, S, S, 3)
+            images = torch.from_numpy(chunk).permute(0, 3, 1, 2).to(device)
+            with torch.no_grad():
+                pred = {k: v.float().cpu() for k, v in model(normalize_images(images)).items()}
+            for row, (f, p) in enumerate(owners[start : start + args.batch_size]):
+                frame, boxes = pending[f]
+                h, w = frame.image.shape[:2]
+                k_full = full_intrinsics(h, w, args.focal)
+                k_crop = crop_intrinsics(k_full, *boxes[p], size)
+                out = person_outputs(pred, row, k_crop, k_full, size)
+                write_person(args.out, f"{frame.name}_p{p}", out, boxes[p])
+                results[f].append(out)
+        for (frame, _), people in zip(pending, results, strict=True):
+            if not args.no_overlay:
+                png = Image.fromarray(overlay_people(frame.image, people, faces))
+                path = args.out / f"{frame.name}_overlay.png"
+                buf = io.BytesIO()
+                png.save(buf, format="PNG")
+                write_bytes_atomic(path, buf.getvalue())
+            counts["people"] += len(people)
+        counts["images"] += len(pending)
+        pending.clear()
+
+    queued = 0
+    for frame in tqdm(iter_frames(args.inputs, args.video_step), desc="predict", unit="image"):
+        boxes = person_boxes(frame, people_file.get(frame.name) if args.people else None)
+        pending.append((frame, boxes))
+        queued += len(boxes)
+        if queued >= args.batch_size:
+            flush()
+            queued = 0
+    if pending:
+        flush()
+    print(f"{counts['people']} people in {counts['images']} images -> {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_entry_point(main, (ConfigError, FileNotFoundError, ValueError, ImportError))
