@@ -16,6 +16,15 @@ def world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
+def gather_objects(obj) -> list:
+    """Every rank's ``obj`` (picklable), in rank order; ``[obj]`` without a process group."""
+    if world_size() == 1:
+        return [obj]
+    gathered: list = [None] * world_size()
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
 def gather_per_sample(
     keys: list[str], values: dict[str, np.ndarray]
 ) -> tuple[list[str], dict[str, np.ndarray]]:
@@ -27,11 +36,7 @@ def gather_per_sample(
     for name, array in values.items():
         if len(array) != len(keys):
             raise ValueError(f"{name!r} has {len(array)} rows for {len(keys)} keys")
-    parts = [(list(keys), {k: np.asarray(v) for k, v in values.items()})]
-    if world_size() > 1:
-        gathered: list = [None] * world_size()
-        dist.all_gather_object(gathered, parts[0])
-        parts = gathered
+    parts = gather_objects((list(keys), {k: np.asarray(v) for k, v in values.items()}))
     all_keys = [k for part_keys, _ in parts for k in part_keys]
     if len(set(all_keys)) != len(all_keys):
         seen: set[str] = set()

@@ -20,7 +20,7 @@ from torch import nn
 from pare.body import build_body_model, load_eval_assets
 from pare.body.joints import H36M_TO_EVAL14, MPII_16, UNIFIED, mapping
 from pare.data.batch import normalize_images
-from pare.distributed import gather_per_sample
+from pare.distributed import gather_objects, gather_per_sample
 from pare.metrics import (
     auc_3d,
     mpjpe,
@@ -218,6 +218,10 @@ def mean_training_pose(loader) -> tuple[torch.Tensor, torch.Tensor]:
         rot_sum += axis_angle_to_matrix(batch["pose"][keep].double().view(-1, 24, 3)).sum(0)
         beta_sum += batch["betas"][keep].double().sum(0)
         count += int(keep.sum())
+    # Under several processes each rank read a share of the samples: add them all up.
+    parts = gather_objects((rot_sum, beta_sum, count))
+    rot_sum, beta_sum = sum(p[0] for p in parts), sum(p[1] for p in parts)
+    count = sum(p[2] for p in parts)
     if count == 0:
         raise ValueError(
             "no training sample has SMPL parameters: the mean-pose baseline needs some"

@@ -106,7 +106,9 @@ def main(argv: list[str] | None = None) -> int:
         loader = eval_loader(
             urls, data.batch_size, data.num_workers, data.crop_size, data.heatmap_size
         )
-        metrics = evaluate(model, loader, GroundTruthBodies(run_cfg.body.model_path), "cpu")
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        gt_bodies = GroundTruthBodies(run_cfg.body.model_path).to(device)
+        metrics = evaluate(model.to(device), loader, gt_bodies, device)
         results[variant] = metrics["mean"] | {
             "samples": len(metrics["keys"]),
             "parameters_m": sum(p.numel() for p in model.parameters()) / 1e6,
