@@ -40,7 +40,7 @@ demo-data: install
 	$(BIN)/python shards/verify.py shards/out/demo/3dpw/train shards/out/demo/3dpw/validation shards/out/demo/mpii/train
 	$(BIN)/python train/mean_params.py --out data/demo/mean_params.npz shards/out/demo/3dpw/train shards/out/demo/mpii/train
 
-# The vanilla-versus-self-attention experiment on the demo's shards (about 20 minutes on 2 cores).
+# The vanilla-versus-self-attention experiment on the demo's shards (about 15 minutes on 2 cores).
 compare: install
 	test -f data/demo/mean_params.npz || $(MAKE) demo-data
 	ACCELERATE_USE_CPU=1 OMP_NUM_THREADS=1 $(BIN)/python train/compare.py \

@@ -43,9 +43,13 @@ def gather_per_sample(
         twice = sorted({k for k in all_keys if k in seen or seen.add(k)})
         raise RuntimeError(f"samples evaluated more than once across ranks: {twice[:5]}")
     order = np.argsort(np.asarray(all_keys, dtype=object), kind="stable")
+    # A rank that saw no sample may lack the optional per-sample arrays (it has no rows).
+    names = dict.fromkeys(name for _, part_values in parts for name in part_values)
     merged = {
-        name: np.concatenate([part_values[name] for _, part_values in parts])[order]
-        for name in values
+        name: np.concatenate([pv[name] for _, pv in parts if name in pv and len(pv[name])])[order]
+        if any(name in pv and len(pv[name]) for _, pv in parts)
+        else np.zeros(0)
+        for name in names
     }
     return [all_keys[i] for i in order], merged
 

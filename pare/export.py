@@ -4,10 +4,12 @@ ground truth's ``sequenceFiles/<split>/<sequence>.pkl``, holding
 - ``jointPositions`` (P, N, 24, 3): the 24 SMPL joints in metres, camera frame;
 - ``orientations`` (P, N, 9, 3, 3): global rotations of SMPL parts 0, 1, 2, 4, 5, 16, 17, 18, 19,
 
-for P actors and N frames. The evaluator reads only the frames it counts as valid (camera pose
-aligned, 2D pose detected), so frames without a prediction stay zero. P and N come from the ground
-truth's sequence files when the dataset root is given, otherwise from the largest actor and frame
-index predicted.
+for P actors and N frames. The evaluator scores the frames it counts as valid (camera pose
+aligned, 2D pose detected); frames without a prediction stay zero. With the ground truth's
+sequence files (the dataset root), every ground-truth sequence gets a file shaped like it, and the
+valid frames that have no prediction (the packer skipped them, e.g. fewer than two confident
+keypoints or an unreadable image) are counted, since the evaluator will score those zeros.
+Without it, P and N are the largest actor and frame index predicted.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from pare.body.joints import SMPL_PARENTS
 from pare.evaluation import parse_3dpw_key
 from pare.geometry import crop_camera_to_full, global_rotations
 from pare.io_utils import write_bytes_atomic
-from pare.safe_pickle import load_pickle
+from pare.safe_pickle import load_pickle, to_numpy
 
 ORIENTATION_PARTS = (0, 1, 2, 4, 5, 16, 17, 18, 19)
 
@@ -39,48 +41,61 @@ def export_fields(pred: dict, batch: dict) -> dict[str, np.ndarray]:
     }
 
 
-def sequence_shapes(dataset_root: Path, split: str) -> dict[str, tuple[int, int]]:
-    """(actors, frames) of every ground-truth sequence of a 3DPW split."""
+def ground_truth_frames(dataset_root: Path, split: str) -> dict[str, np.ndarray]:
+    """The frames the official evaluator scores, (P, N) bool per ground-truth sequence of a 3DPW
+    split: camera pose aligned (``campose_valid``) and a 2D pose detected (``poses2d`` not all 0)."""
     folder = Path(dataset_root) / "sequenceFiles" / split
     if not folder.is_dir():
         raise FileNotFoundError(
             f"{folder} not found: pass the 3DPW root (with sequenceFiles/) and its split"
         )
-    shapes = {}
+    frames = {}
     for path in sorted(folder.glob("*.pkl")):
         seq = load_pickle(path)
-        shapes[path.stem] = (len(seq["poses"]), len(seq["poses"][0]))
-    return shapes
+        frames[path.stem] = np.stack(
+            [
+                to_numpy(seq["campose_valid"][a]).astype(bool)
+                & (np.abs(to_numpy(seq["poses2d"][a])).mean(axis=(1, 2)) != 0)
+                for a in range(len(seq["poses"]))
+            ]
+        )
+    if not frames:
+        raise FileNotFoundError(f"{folder} holds no sequence files (*.pkl)")
+    return frames
 
 
-def write_3dpw_predictions(
+def assemble_3dpw_predictions(
     keys: list[str],
     joint_positions: np.ndarray,
     orientations: np.ndarray,
-    out_dir: Path,
-    shapes: dict[str, tuple[int, int]] | None = None,
-) -> list[Path]:
-    """Write one ``<sequence>.pkl`` per sequence under ``out_dir``; returns the paths."""
+    truth: dict[str, np.ndarray] | None = None,
+) -> tuple[dict[str, dict[str, np.ndarray]], int]:
+    """Per sequence the evaluator's arrays, and how many scored frames have no prediction.
+
+    ``truth`` is :func:`ground_truth_frames`; a prediction outside it is an error (shards
+    packed from another split or dataset)."""
     by_sequence: dict[str, list[tuple[int, int, int]]] = {}
     for row, key in enumerate(keys):
         sequence, actor, frame = parse_3dpw_key(key)
         by_sequence.setdefault(sequence, []).append((row, actor, frame))
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    for sequence, rows in sorted(by_sequence.items()):
-        if shapes is not None:
-            if sequence not in shapes:
-                raise ValueError(
-                    f"sequence {sequence!r} is not in the ground truth's split: were the shards "
-                    "packed from another split?"
-                )
-            actors, frames = shapes[sequence]
+    if truth is not None:
+        unknown = sorted(set(by_sequence) - set(truth))
+        if unknown:
+            raise ValueError(
+                f"sequences {unknown[:3]} are not in the ground truth's split: were the shards "
+                "packed from another split?"
+            )
+    out, missing = {}, 0
+    for sequence in sorted(set(by_sequence) | set(truth or {})):
+        rows = by_sequence.get(sequence, [])
+        if truth is not None:
+            actors, frames = truth[sequence].shape
         else:
             actors = 1 + max(a for _, a, _ in rows)
             frames = 1 + max(f for _, _, f in rows)
         joints = np.zeros((actors, frames, 24, 3))
         rotations = np.zeros((actors, frames, len(ORIENTATION_PARTS), 3, 3))
+        predicted = np.zeros((actors, frames), bool)
         for row, actor, frame in rows:
             if actor >= actors or frame >= frames:
                 raise ValueError(
@@ -89,10 +104,34 @@ def write_3dpw_predictions(
                 )
             joints[actor, frame] = joint_positions[row]
             rotations[actor, frame] = orientations[row]
-        # Protocol 2 reads in every Python the evaluator may run under.
-        data = pickle.dumps({"jointPositions": joints, "orientations": rotations}, protocol=2)
-        written.append(write_bytes_atomic(out_dir / f"{sequence}.pkl", data))
-    return written
+            predicted[actor, frame] = True
+        if truth is not None:
+            missing += int((truth[sequence] & ~predicted).sum())
+        out[sequence] = {"jointPositions": joints, "orientations": rotations}
+    return out, missing
+
+
+def save_3dpw_predictions(predictions: dict[str, dict], out_dir: Path) -> list[Path]:
+    """One ``<sequence>.pkl`` per sequence under ``out_dir``; returns the paths."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # Protocol 2 reads in every Python the evaluator may run under.
+    return [
+        write_bytes_atomic(out_dir / f"{sequence}.pkl", pickle.dumps(arrays, protocol=2))
+        for sequence, arrays in sorted(predictions.items())
+    ]
+
+
+def write_3dpw_predictions(
+    keys: list[str],
+    joint_positions: np.ndarray,
+    orientations: np.ndarray,
+    out_dir: Path,
+    truth: dict[str, np.ndarray] | None = None,
+) -> tuple[list[Path], int]:
+    """:func:`assemble_3dpw_predictions`, then :func:`save_3dpw_predictions`; (paths, missing)."""
+    predictions, missing = assemble_3dpw_predictions(keys, joint_positions, orientations, truth)
+    return save_3dpw_predictions(predictions, out_dir), missing
 
 
 def read_3dpw_predictions(path: Path) -> dict[str, np.ndarray]:

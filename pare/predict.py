@@ -137,9 +137,10 @@ def read_people_file(path: Path) -> dict[str, list[np.ndarray]]:
 
 
 def person_boxes(frame: Frame, given: list[np.ndarray] | None) -> list[tuple[np.ndarray, float]]:
-    """(centre, side) per person: from boxes, from confident keypoints, or one centred square."""
+    """(centre, side) per person: from boxes, from confident keypoints, or (``given`` None, no
+    people file) one centred square. An empty list means nobody: no box."""
     h, w = frame.image.shape[:2]
-    if not given:
+    if given is None:
         return [(np.array([w / 2.0, h / 2.0]), float(min(h, w)))]
     boxes = []
     for entry in given:

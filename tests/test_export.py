@@ -10,8 +10,8 @@ from pare.body.joints import SMPL_PARENTS
 from pare.export import (
     ORIENTATION_PARTS,
     export_fields,
+    ground_truth_frames,
     read_3dpw_predictions,
-    sequence_shapes,
     write_3dpw_predictions,
 )
 from pare.geometry import crop_camera_to_full, global_rotations
@@ -63,9 +63,22 @@ def test_export_round_trip_gives_each_key_its_joints_and_orientations(tmp_path):
     ]
     joints = rng.normal(size=(3, 24, 3))
     orient = Rotation.random(27, random_state=4).as_matrix().reshape(3, 9, 3, 3)
-    shapes = {"downtown_walk_00": (2, 10), "outdoors_fencing_01": (1, 5), "unused_00": (1, 3)}
-    files = write_3dpw_predictions(keys, joints, orient, tmp_path, shapes)
-    assert sorted(p.name for p in files) == ["downtown_walk_00.pkl", "outdoors_fencing_01.pkl"]
+    walk_valid = np.zeros((2, 10), bool)
+    walk_valid[1, 5:9] = walk_valid[0, 2] = True  # scored: (1, 5..8) and (0, 2)
+    truth = {
+        "downtown_walk_00": walk_valid,
+        "outdoors_fencing_01": np.ones((1, 5), bool),
+        "unused_00": np.ones((1, 3), bool),
+    }
+    files, missing = write_3dpw_predictions(keys, joints, orient, tmp_path, truth)
+    # Every ground-truth sequence gets a file; scored frames without a prediction are counted:
+    # walk (1, 5), (1, 6), (1, 8); fencing 0..3; all 3 of unused.
+    assert sorted(p.name for p in files) == [
+        "downtown_walk_00.pkl",
+        "outdoors_fencing_01.pkl",
+        "unused_00.pkl",
+    ]
+    assert missing == 3 + 4 + 3
     walk = read_3dpw_predictions(tmp_path / "downtown_walk_00.pkl")
     assert walk["jointPositions"].shape == (2, 10, 24, 3)
     assert walk["orientations"].shape == (2, 10, 9, 3, 3)
@@ -77,15 +90,17 @@ def test_export_round_trip_gives_each_key_its_joints_and_orientations(tmp_path):
     assert not walk["jointPositions"][filled].any()  # frames without a prediction stay zero
     fencing = read_3dpw_predictions(tmp_path / "outdoors_fencing_01.pkl")
     np.testing.assert_array_equal(fencing["jointPositions"][0, 4], joints[2])
-    # Without ground-truth sizes: the largest actor and frame seen.
-    inferred = write_3dpw_predictions(keys, joints, orient, tmp_path / "bare")
+    # Without the ground truth: the sequences predicted, up to the largest actor and frame.
+    inferred, none = write_3dpw_predictions(keys, joints, orient, tmp_path / "bare")
+    assert none == 0 and len(inferred) == 2
     assert read_3dpw_predictions(inferred[0])["jointPositions"].shape[:2] == (2, 8)
     with pytest.raises(ValueError, match="outside the ground truth"):
-        write_3dpw_predictions(
-            keys, joints, orient, tmp_path / "x", {**shapes, "downtown_walk_00": (1, 10)}
-        )
+        small = {**truth, "downtown_walk_00": np.ones((1, 10), bool)}
+        write_3dpw_predictions(keys, joints, orient, tmp_path / "x", small)
     with pytest.raises(ValueError, match="not in the ground truth"):
-        write_3dpw_predictions(keys, joints, orient, tmp_path / "y", {"unused_00": (1, 3)})
+        write_3dpw_predictions(
+            keys, joints, orient, tmp_path / "y", {"unused_00": truth["unused_00"]}
+        )
 
 
 def test_export_fields_from_predictions():
@@ -108,10 +123,18 @@ def test_export_fields_from_predictions():
     assert out["orientations"].shape == (1, len(ORIENTATION_PARTS), 3, 3)
 
 
-def test_sequence_shapes_read_the_ground_truth(raw):
-    shapes = sequence_shapes(raw / "3dpw", "validation")
-    assert shapes
-    for name, (actors, frames) in shapes.items():
-        assert actors in (1, 2) and frames == 6, name
+def test_ground_truth_frames_are_the_evaluators_valid_frames(raw):
+    from pare.safe_pickle import load_pickle
+
+    frames = ground_truth_frames(raw / "3dpw", "validation")
+    assert frames
+    for name, valid in frames.items():
+        seq = load_pickle(raw / "3dpw" / "sequenceFiles" / "validation" / f"{name}.pkl")
+        assert valid.shape == (len(seq["poses"]), len(seq["poses"][0]))
+        for actor in range(valid.shape[0]):
+            for frame in range(valid.shape[1]):
+                detected = np.any(np.asarray(seq["poses2d"][actor][frame]) != 0)
+                aligned = bool(seq["campose_valid"][actor][frame])
+                assert valid[actor, frame] == (detected and aligned)
     with pytest.raises(FileNotFoundError, match="sequenceFiles"):
-        sequence_shapes(raw / "nowhere", "validation")
+        ground_truth_frames(raw / "nowhere", "validation")

@@ -56,6 +56,7 @@ def test_person_boxes_follow_spins_convention():
     np.testing.assert_allclose(boxes[1][0], [10, 15])
     assert boxes[1][1] == pytest.approx(1.2 * 20)
     assert person_boxes(frame, [np.array([[5, 5, 1], [0, 0, 0]])]) == []  # one keypoint: no box
+    assert person_boxes(frame, []) == []  # listed in a people file with nobody: no made-up crop
 
 
 def test_crop_intrinsics_map_image_points_to_their_crop_pixels():

@@ -98,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
         if not (run / DONE_MARKER).is_file():
             train_variant(args, args.config, overrides, env)
         done = json.loads((run / DONE_MARKER).read_text())
-        run_cfg = load_config([run / "config.yaml"])
+        # The final weights replace every tensor: no need for the initialisation file.
+        run_cfg = load_config([run / "config.yaml"], ["model.init_weights=''"])
         model = build_model(run_cfg.model, run_cfg.body)
         load_weights(model, run / "model.safetensors")  # the final weights: the same budget
         urls = [u for entry in run_cfg.data.val for u in shard_urls(entry.path)]
@@ -112,11 +113,11 @@ def main(argv: list[str] | None = None) -> int:
         results[variant] = metrics["mean"] | {
             "samples": len(metrics["keys"]),
             "parameters_m": sum(p.numel() for p in model.parameters()) / 1e6,
-            "step_time_s": done["step_time_s"],
-            "peak_memory_mb": done["peak_memory_mb"],
+            "step_time_s": done.get("step_time_s"),  # absent in markers of older runs
+            "peak_memory_mb": done.get("peak_memory_mb"),
             "steps": done["step"],
         }
-        memory_kind = done["peak_memory_kind"]
+        memory_kind = done.get("peak_memory_kind", "")
 
     table = markdown_table(results, memory_kind)
     samples = results["vanilla"]["samples"]

@@ -34,7 +34,12 @@ from pare.evaluation import (
     metric_key,
     per_sequence,
 )
-from pare.export import export_fields, sequence_shapes, write_3dpw_predictions
+from pare.export import (
+    assemble_3dpw_predictions,
+    export_fields,
+    ground_truth_frames,
+    save_3dpw_predictions,
+)
 from pare.io_utils import write_bytes_atomic, write_json_atomic
 from pare.models import build_model
 from pare.runtime import (
@@ -50,7 +55,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", type=Path, help="weights file, run folder or checkpoint")
     parser.add_argument("--run", type=Path, help="a run folder (same as --checkpoint RUN)")
-    parser.add_argument("--weights", default="best", help="with a run folder: best or final")
+    parser.add_argument(
+        "--weights", default="best", choices=("best", "final"), help="with a run folder"
+    )
     parser.add_argument("--config", action="append", default=[], help="YAML config (repeatable)")
     parser.add_argument("--shards", nargs="+", default=[], help="3DPW or MPII split folders")
     parser.add_argument("--out", type=Path, help="output folder (default <run>/eval)")
@@ -152,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     configs = args.config or ([run / "config.yaml"] if run else [])
     if not configs:
         raise ConfigError(f"no config.yaml found above {weights}: pass --config")
-    cfg = load_config(configs, args.overrides)
+    # The weights file replaces every tensor: a training run's initialisation file is not needed.
+    cfg = load_config(configs, [*args.overrides, "model.init_weights=''"])
     shards = args.shards or [entry.path for entry in cfg.data.val]
     out = args.out or (run / "eval" if run else Path("eval"))
 
@@ -181,36 +189,46 @@ def main(argv: list[str] | None = None) -> int:
     kinds = {path: shard_kind(path) for path in shards}
     urls_3dpw = [u for p, k in kinds.items() if k == "3dpw" for u in shard_urls(p)]
     urls_mpii = [u for p, k in kinds.items() if k == "mpii" for u in shard_urls(p)]
+    if args.export_3dpw and not urls_3dpw:
+        raise ValueError("--export-3dpw needs 3DPW shards (--shards or the config's data.val)")
+    # Read on every rank before the long part, so a bad root fails all ranks at once.
+    truth = ground_truth_frames(args.dataset_root, args.split) if args.dataset_root else None
     report: dict = {"weights": str(weights), "shards": list(shards), "3dpw": {}}
     if urls_3dpw:
         gt_bodies = GroundTruthBodies(cfg.body.model_path).to(device)
         for label, m in models.items():
             extra = export_fields if m is model and args.export_3dpw else None
             result = evaluate(m, loader(urls_3dpw), gt_bodies, device, extra)
+            if not result["keys"]:  # the same on every rank: the keys are gathered
+                raise ValueError(f"no sample with SMPL ground truth in the 3DPW shards {shards}")
             report["3dpw"][label] = {
                 "overall": result["mean"] | {"samples": len(result["keys"])},
                 "per_sequence": per_sequence(result),
             }
-            if extra and main_process:
-                shapes = (
-                    sequence_shapes(args.dataset_root, args.split) if args.dataset_root else None
+            if extra:
+                # Assembled (and checked against the ground truth) on every rank; written once.
+                predictions, missing = assemble_3dpw_predictions(
+                    result["keys"], result["joint_positions"], result["orientations"], truth
                 )
-                files = write_3dpw_predictions(
-                    result["keys"],
-                    result["joint_positions"],
-                    result["orientations"],
-                    args.export_3dpw,
-                    shapes,
-                )
-                say(
-                    f"wrote {len(files)} sequence files for the 3DPW evaluator to {args.export_3dpw}"
-                )
+                if main_process:
+                    files = save_3dpw_predictions(predictions, args.export_3dpw)
+                    say(
+                        f"wrote {len(files)} sequence files for the 3DPW evaluator to {args.export_3dpw}"
+                    )
+                    if missing:
+                        say(
+                            f"warning: {missing} frames the evaluator scores have no prediction "
+                            "(the packer skipped them; see the shards' manifest): exported as zeros"
+                        )
+                report["export"] = {"files": len(predictions), "scored_frames_missing": missing}
+
     if urls_mpii:  # the baseline predicts no image-dependent 2D joints: the model only
         result = evaluate_pckh(model, loader(urls_mpii), device)
         report["mpii"] = {
             name: {
                 "pckh": result["total"],
-                "per_joint": result["per_joint"],
+                # JSON has no NaN: a joint never visible has no accuracy.
+                "per_joint": [None if v != v else v for v in result["per_joint"]],
                 "samples": len(result["keys"]),
             }
         }
@@ -247,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
             say(f"W&B summary run in {where}")
     accelerator.wait_for_everyone()
     accelerator.end_training()
-    if args.require_gain is not None and (gain is None or gain < args.require_gain):
+    if args.require_gain is not None and not (gain is not None and gain >= args.require_gain):
         shown = "unknown (no 3DPW shards)" if gain is None else f"{gain:.2f}"
         print(f"error: the PA-MPJPE gain {shown} is below {args.require_gain:.2f}", file=sys.stderr)
         return 1

@@ -38,6 +38,13 @@ from pare.predict import (
 from pare.runtime import load_weights, resolve_checkpoint, run_entry_point
 
 
+def positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("inputs", nargs="+", type=Path, help="images, folders or videos")
@@ -45,9 +52,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--config", action="append", default=[], help="YAML config (repeatable)")
     parser.add_argument("--out", type=Path, required=True, help="output folder")
     parser.add_argument("--people", type=Path, help="boxes/keypoints JSON or OpenPose folder")
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--batch-size", type=positive, default=16)
     parser.add_argument("--focal", type=float, help="focal length in pixels (default: diagonal)")
-    parser.add_argument("--video-step", type=int, default=1, help="every N-th video frame")
+    parser.add_argument("--video-step", type=positive, default=1, help="every N-th video frame")
     parser.add_argument("--no-overlay", action="store_true", help="skip the overlay PNGs")
     parser.add_argument("overrides", nargs="*", help="config key=value overrides")
     return parser.parse_args(argv)
@@ -62,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     configs = args.config or ([run / "config.yaml"] if run else [])
     if not configs:
         raise ConfigError(f"no config.yaml found above {weights}: pass --config")
-    cfg = load_config(configs, args.overrides)
+    # The weights file replaces every tensor: a training run's initialisation file is not needed.
+    cfg = load_config(configs, [*args.overrides, "model.init_weights=''"])
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = build_model(cfg.model, cfg.body)
     load_weights(model, weights)
@@ -73,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
 
     pending: list = []  # (frame, boxes) waiting for a full batch of people
-    counts = {"images": 0, "people": 0}
+    counts = {"images": 0, "people": 0, "unlisted": 0}
+    seen: set[str] = set()  # output stems so far
 
     def flush() -> None:
         crops, owners = [], []
@@ -108,7 +117,14 @@ def main(argv: list[str] | None = None) -> int:
 
     queued = 0
     for frame in tqdm(iter_frames(args.inputs, args.video_step), desc="predict", unit="image"):
-        boxes = person_boxes(frame, people_file.get(frame.name) if args.people else None)
+        if frame.name in seen:
+            raise ValueError(
+                f"two inputs would write {frame.name}_*: rename one, or run them separately"
+            )
+        seen.add(frame.name)
+        if args.people and frame.name not in people_file:
+            counts["unlisted"] += 1  # not in --people: nobody to predict, no made-up crop
+        boxes = person_boxes(frame, people_file.get(frame.name, []) if args.people else None)
         pending.append((frame, boxes))
         queued += len(boxes)
         if queued >= args.batch_size:
@@ -117,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     if pending:
         flush()
     print(f"{counts['people']} people in {counts['images']} images -> {args.out}")
+    if counts["unlisted"]:
+        print(f"{counts['unlisted']} images are not in {args.people}: no people predicted there")
     return 0
 
 

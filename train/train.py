@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     timer = {"data": 0.0, "compute": 0.0, "samples": 0, "start": time.perf_counter()}
     # Wall time per optimiser step (data + compute, evaluation excluded) after the first log
     # window, which holds the warm-up (worker start, first allocations).
-    pace = {"seconds": 0.0, "steps": 0, "windows": 0}
+    pace = {"seconds": 0.0, "steps": 0, "windows": 0, "logged_at": state.step}
     grad_norm = torch.zeros(())
     model.train()
     try:
@@ -262,9 +262,10 @@ def main(argv: list[str] | None = None) -> int:
                     )
                     elapsed = time.perf_counter() - timer["start"]
                     pace["windows"] += 1
-                    if pace["windows"] > 1:
+                    if pace["windows"] > 1:  # (the last window may be shorter)
                         pace["seconds"] += elapsed
-                        pace["steps"] += tc.log_every
+                        pace["steps"] += state.step - pace["logged_at"]
+                    pace["logged_at"] = state.step
                     metrics = {f"loss/{k}": float(v) for k, v in means.items()}
                     metrics.update(
                         {

@@ -304,7 +304,7 @@ def test_evaluate_checkpoint_on_3dpw_and_mpii_with_export_and_wandb(
 
     from pare.data.batch import normalize_images
     from pare.evaluation import parse_3dpw_key
-    from pare.export import export_fields, read_3dpw_predictions, sequence_shapes
+    from pare.export import export_fields, ground_truth_frames, read_3dpw_predictions
 
     weights = offline_run / "model.safetensors"
     common = [
@@ -348,9 +348,11 @@ def test_evaluate_checkpoint_on_3dpw_and_mpii_with_export_and_wandb(
 
     # The export: one file per ground-truth sequence, shaped like it, holding for each sample the
     # joints the model predicts for it (recomputed here).
-    shapes = sequence_shapes(raw / "3dpw", "validation")
+    truth = ground_truth_frames(raw / "3dpw", "validation")
+    assert report["export"]["files"] == len(truth)
+    assert report["export"]["scored_frames_missing"] >= 0
     files = sorted((tmp_path / "pred").glob("*.pkl"))
-    assert [f.stem for f in files] == sorted(result["per_sequence"])
+    assert [f.stem for f in files] == sorted(truth)
     cfg = load_config([offline_run / "config.yaml"])
     model = build_model(cfg.model, cfg.body)
     load_weights(model, weights)
@@ -363,7 +365,7 @@ def test_evaluate_checkpoint_on_3dpw_and_mpii_with_export_and_wandb(
     for row, key in enumerate(batch["__key__"]):
         sequence, actor, frame = parse_3dpw_key(key)
         exported = read_3dpw_predictions(tmp_path / "pred" / f"{sequence}.pkl")
-        assert exported["jointPositions"].shape[:2] == shapes[sequence]
+        assert exported["jointPositions"].shape[:2] == truth[sequence].shape
         np.testing.assert_allclose(
             exported["jointPositions"][actor, frame], fields["joint_positions"][row], atol=1e-4
         )
@@ -469,6 +471,13 @@ def test_predict_on_images_folders_and_video(offline_run, raw, tmp_path, test_ou
         "predict.py", tmp_path / "nope.jpg", "--checkpoint", offline_run, "--out", tmp_path / "c"
     )
     assert missing.returncode == 2 and "input not found" in missing.stderr
+    twin = tmp_path / "twin"
+    twin.mkdir()
+    (twin / image.name).write_bytes(image.read_bytes())
+    clash = _script(
+        "predict.py", image, twin / image.name, "--checkpoint", offline_run, "--out", tmp_path / "d"
+    )
+    assert clash.returncode == 2 and "two inputs would write image_00000_*" in clash.stderr
 
 
 def test_compare_trains_both_variants_from_one_initialisation(packed, tmp_path):

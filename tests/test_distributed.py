@@ -1,0 +1,35 @@
+"""Per-sample gathering: merged by key across ranks, each sample once, optional arrays kept."""
+
+import numpy as np
+import pytest
+
+import pare.distributed as D
+
+
+def _fake_world(monkeypatch, parts):
+    monkeypatch.setattr(D, "gather_objects", lambda obj: parts)
+
+
+def test_gather_merges_ranks_sorted_by_key(monkeypatch):
+    a = (["k2", "k0"], {"e": np.array([2.0, 0.0]), "x": np.ones((2, 3))})
+    b = (["k1"], {"e": np.array([1.0]), "x": np.zeros((1, 3))})
+    _fake_world(monkeypatch, [a, b])
+    keys, merged = D.gather_per_sample(["k2", "k0"], a[1])
+    assert keys == ["k0", "k1", "k2"]
+    np.testing.assert_array_equal(merged["e"], [0.0, 1.0, 2.0])
+    np.testing.assert_array_equal(merged["x"][:, 0], [1.0, 0.0, 1.0])
+
+
+def test_a_rank_without_samples_may_lack_the_optional_arrays(monkeypatch):
+    full = (["k1", "k0"], {"e": np.array([1.0, 0.0]), "joints": np.arange(6.0).reshape(2, 3)})
+    empty = ([], {"e": np.zeros(0)})  # saw no sample, so never built "joints"
+    _fake_world(monkeypatch, [empty, full])
+    keys, merged = D.gather_per_sample([], empty[1])
+    assert keys == ["k0", "k1"]
+    np.testing.assert_array_equal(merged["joints"], [[3.0, 4.0, 5.0], [0.0, 1.0, 2.0]])
+
+
+def test_a_sample_on_two_ranks_is_an_error(monkeypatch):
+    _fake_world(monkeypatch, [(["k0"], {"e": np.zeros(1)}), (["k0"], {"e": np.zeros(1)})])
+    with pytest.raises(RuntimeError, match="more than once"):
+        D.gather_per_sample(["k0"], {"e": np.zeros(1)})
