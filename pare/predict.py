@@ -34,14 +34,6 @@ class Frame:
     image: np.ndarray  # (H, W, 3) uint8 RGB
 
 
-@dataclass
-class Person:
-    frame: int  # index into the batch's frames
-    index: int  # person number within its image
-    center: np.ndarray  # (2,) box centre, image pixels
-    side: float  # box side, image pixels
-
-
 def iter_frames(inputs: list[Path], video_step: int = 1) -> Iterator[Frame]:
     """Frames of the inputs in order: images, the images of folders (sorted, not recursive) and
     every ``video_step``-th frame of videos (which need ``pip install 'pare[video]'``)."""
