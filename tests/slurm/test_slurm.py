@@ -26,6 +26,20 @@ def _job_env(cluster, **extra):
     return env
 
 
+def _sbatch(cluster, script, log, env, *flags) -> str:
+    """Submit slurm/<script> from the repository root on one CPU per task; the job id."""
+    return cluster.run(
+        "sbatch",
+        "--parsable",
+        "--cpus-per-task=1",
+        *flags,
+        f"--output={log}",
+        f"--chdir={ROOT}",
+        str(ROOT / "slurm" / script),
+        env=env,
+    ).stdout.strip()
+
+
 def _wait_for(condition, timeout, what, cluster, log=None):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -70,18 +84,7 @@ def test_train_sbatch_requeues_after_preemption_and_resumes(cluster, packed, tmp
         ACCELERATE=str(Path(sys.executable).parent / "accelerate"),
     )
     job_log = tmp_path / "job.log"
-    submitted = cluster.run(
-        "sbatch",
-        "--parsable",
-        "--nodes=2",
-        "--cpus-per-task=1",
-        "--time=20",
-        f"--output={job_log}",
-        f"--chdir={ROOT}",
-        str(ROOT / "slurm" / "train.sbatch"),
-        env=env,
-    )
-    job = submitted.stdout.strip()
+    job = _sbatch(cluster, "train.sbatch", job_log, env, "--nodes=2", "--time=20")
 
     # Preempt: the batch shell alone gets USR1 (as with --signal=B:USR1@T) once training runs.
     train_log = run_dir / "train.log"
@@ -167,16 +170,8 @@ def test_array_job_runs_every_config_seed_pair(cluster, packed, tmp_path):
         GPUS_PER_NODE="0",
         ACCELERATE=str(Path(sys.executable).parent / "accelerate"),
     )
-    array = cluster.run(
-        "sbatch",
-        "--parsable",
-        "--array=0-2",  # one task too many: it must refuse with the right range
-        "--cpus-per-task=1",
-        f"--output={tmp_path}/array-%A_%a.log",
-        f"--chdir={ROOT}",
-        str(ROOT / "slurm" / "array.sbatch"),
-        env=env,
-    ).stdout.strip()
+    # One task too many: it must refuse with the right range.
+    array = _sbatch(cluster, "array.sbatch", f"{tmp_path}/array-%A_%a.log", env, "--array=0-2")
     states = {}
 
     def ended():
@@ -198,15 +193,7 @@ def test_array_job_runs_every_config_seed_pair(cluster, packed, tmp_path):
 def test_sweep_job_without_a_sweep_id_says_how_to_get_one(cluster, tmp_path):
     env = _job_env(cluster)
     env.pop("SWEEP_ID", None)
-    job = cluster.run(
-        "sbatch",
-        "--parsable",
-        "--cpus-per-task=1",
-        f"--output={tmp_path}/sweep-%j.log",
-        f"--chdir={ROOT}",
-        str(ROOT / "slurm" / "sweep.sbatch"),
-        env=env,
-    ).stdout.strip()
+    job = _sbatch(cluster, "sweep.sbatch", f"{tmp_path}/sweep-%j.log", env)
     _wait_for(
         lambda: cluster.job_state(job).get("JobState") in ("COMPLETED", "FAILED"),
         120,
