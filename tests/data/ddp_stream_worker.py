@@ -42,6 +42,9 @@ def main() -> None:
     report = {"batches": count, "eval_local": local, "eval_keys": keys}
     report["eval_depth"] = values["depth"].tolist()
     (out / f"rank{accelerator.process_index}.json").write_text(json.dumps(report))
+    # Leave the group together: a rank exiting while gloo still talks to it can abort (SIGABRT).
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
 
 
 if __name__ == "__main__":

@@ -57,6 +57,9 @@ def main() -> None:
         params, out / f"params_rank{accelerator.process_index}_of{accelerator.num_processes}.pt"
     )
     torch.save(initial, out / "params_initial.pt")
+    # Leave the group together: a rank exiting while gloo still talks to it can abort (SIGABRT).
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
 
 
 if __name__ == "__main__":
