@@ -71,8 +71,8 @@ bench: install
 	$(BIN)/python benchmarks/bench_metrics.py
 	$(BIN)/python benchmarks/bench_render.py
 	$(BIN)/python benchmarks/bench_pack.py
-	$(BIN)/python benchmarks/loader.py
-	$(BIN)/python benchmarks/model.py
+	$(BIN)/python benchmarks/bench_loader.py
+	$(BIN)/python benchmarks/bench_model.py
 
 clean:
 	rm -rf $(VENV) runs benchmarks/results .pytest_cache .ruff_cache

@@ -21,9 +21,9 @@ from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
 
-from pare.data.pack import pack_3dpw  # noqa: E402
-from pare.data.shard_writer import ShardOptions  # noqa: E402
-from pare.data.synthetic_3dpw import Synthetic3DPWConfig, make_3dpw  # noqa: E402
+from pare.data.packing.pack import pack_3dpw  # noqa: E402
+from pare.data.packing.shard_writer import ShardOptions  # noqa: E402
+from pare.data.synthetic.threedpw import Synthetic3DPWConfig, make_3dpw  # noqa: E402
 from pare.io_utils import write_json_atomic  # noqa: E402
 
 

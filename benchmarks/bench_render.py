@@ -23,8 +23,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from pare.body import build_body_model, load_eval_assets  # noqa: E402
-from pare.data.scene import camera_at  # noqa: E402
-from pare.data.synthetic_3dpw import Synthetic3DPWConfig, make_3dpw  # noqa: E402
+from pare.data.synthetic.scene import camera_at  # noqa: E402
+from pare.data.synthetic.threedpw import Synthetic3DPWConfig, make_3dpw  # noqa: E402
 from pare.io_utils import write_json_atomic  # noqa: E402
 from pare.render import Mesh, render  # noqa: E402
 

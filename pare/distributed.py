@@ -9,6 +9,7 @@ it does not know the length of for an iterable dataset.
 from __future__ import annotations
 
 import numpy as np
+import torch
 import torch.distributed as dist
 
 
@@ -65,3 +66,13 @@ def broadcast_buffers(module, src: int = 0) -> None:
     if world_size() > 1:
         for buffer in module.buffers():
             dist.broadcast(buffer.data, src=src)
+
+
+def parameters_in_sync(accelerator, model: torch.nn.Module) -> bool:
+    """Whether every rank holds bit-identical parameters (a checksum per rank, compared)."""
+    params = [p.detach().double().flatten() for p in model.parameters()]
+    flat = torch.cat(params)
+    weights = torch.arange(1, len(flat) + 1, dtype=torch.float64, device=flat.device)
+    checksum = torch.stack([flat.sum(), (flat * weights).sum()])  # order-sensitive
+    gathered = accelerator.gather(checksum[None])  # (ranks, 2)
+    return bool((gathered == gathered[0]).all())

@@ -19,7 +19,7 @@ from torch import nn
 
 from pare.body import build_body_model, load_eval_assets
 from pare.body.joints import H36M_TO_EVAL14, MPII_16, UNIFIED, mapping
-from pare.data.batch import normalize_images
+from pare.data.streaming.batch import normalize_images
 from pare.distributed import gather_objects, gather_per_sample
 from pare.metrics import (
     auc_3d,

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pare.data.samples import BOX_EXTENT
+from pare.data.packing.samples import BOX_EXTENT
 from pare.geometry import crop_camera_to_full, matrix_to_axis_angle
 from pare.io_utils import write_bytes_atomic, write_json_atomic
 from pare.render import Camera, Mesh, render

@@ -11,8 +11,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from pare.data.synthetic_3dpw import REAL_HEIGHT, REAL_WIDTH, Synthetic3DPWConfig, make_3dpw
-from pare.data.synthetic_mpii import SyntheticMPIIConfig, make_mpii
+from pare.data.synthetic.mpii import SyntheticMPIIConfig, make_mpii
+from pare.data.synthetic.threedpw import REAL_HEIGHT, REAL_WIDTH, Synthetic3DPWConfig, make_3dpw
 
 
 def main(argv: list[str] | None = None) -> int:

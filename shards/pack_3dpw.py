@@ -1,4 +1,4 @@
-"""Pack one 3DPW split into WebDataset shards (see pare.data.pack and pare.data.shard_writer).
+"""Pack one 3DPW split into WebDataset shards (see pare.data.packing.pack and pare.data.packing.shard_writer).
 
 python shards/pack_3dpw.py --root DIR --split {train,validation,test} --out shards/3dpw/<split>
     [--body-model standin|PATH] [--workers N] [--maxcount 1000] [--maxsize-mb 256] [--seed 0] [--strict]
@@ -9,8 +9,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pare.data.pack import pack_3dpw, run_cli
-from pare.data.shard_writer import add_shard_arguments, shard_options
+from pare.data.packing.pack import PACK_ERRORS, pack_3dpw, summary
+from pare.data.packing.shard_writer import add_shard_arguments, shard_options
+from pare.launch import run_entry_point
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,8 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     add_shard_arguments(parser)
     args = parser.parse_args(argv)
     out = args.out or Path("shards/out/3dpw") / args.split
-    return run_cli(pack_3dpw, args.root, args.split, out, args.body_model, shard_options(args))
+    print(summary(pack_3dpw(args.root, args.split, out, args.body_model, shard_options(args))))
+    return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_entry_point(main, PACK_ERRORS)

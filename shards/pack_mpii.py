@@ -1,4 +1,4 @@
-"""Pack MPII's train or val people into WebDataset shards (see pare.data.pack).
+"""Pack MPII's train or val people into WebDataset shards (see pare.data.packing.pack).
 
 python shards/pack_mpii.py --root DIR --split {train,val} --out shards/mpii/<split>
     [--eft MPII_ver01.json] [--min-joints 6] [--val-list FILE] [--workers N] [--strict]
@@ -9,8 +9,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pare.data.pack import pack_mpii, run_cli
-from pare.data.shard_writer import add_shard_arguments, shard_options
+from pare.data.packing.pack import PACK_ERRORS, pack_mpii, summary
+from pare.data.packing.shard_writer import add_shard_arguments, shard_options
+from pare.launch import run_entry_point
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,8 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     out = args.out or Path("shards/out/mpii") / args.split
     val = set(args.val_list.read_text().split()) if args.val_list else None
-    return run_cli(
-        pack_mpii,
+    result = pack_mpii(
         args.root,
         args.split,
         out,
@@ -47,7 +47,9 @@ def main(argv: list[str] | None = None) -> int:
         args.min_joints,
         val,
     )
+    print(summary(result))
+    return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_entry_point(main, PACK_ERRORS)

@@ -11,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from pare.data.verify import verify_split
+from pare.data.packing.verify import verify_split
 
 
 def main(argv: list[str] | None = None) -> int:

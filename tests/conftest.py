@@ -3,10 +3,10 @@ from pathlib import Path
 
 import pytest
 
-from pare.data.pack import pack_3dpw, pack_mpii
-from pare.data.shard_writer import ShardOptions
-from pare.data.synthetic_3dpw import Synthetic3DPWConfig, make_3dpw
-from pare.data.synthetic_mpii import SyntheticMPIIConfig, make_mpii
+from pare.data.packing.pack import pack_3dpw, pack_mpii
+from pare.data.packing.shard_writer import ShardOptions
+from pare.data.synthetic.mpii import SyntheticMPIIConfig, make_mpii
+from pare.data.synthetic.threedpw import Synthetic3DPWConfig, make_3dpw
 
 OPTS = ShardOptions(maxcount=6, progress=False)
 
@@ -73,7 +73,7 @@ def packed(raw, tmp_path_factory):
 
 
 def accelerate_launch(processes: int, port: int, *flags: str) -> list[str]:
-    """The ``accelerate launch`` prefix the tests use (see pare.runtime)."""
-    from pare.runtime import accelerate_launch_command
+    """The ``accelerate launch`` prefix the tests use (see pare.launch)."""
+    from pare.launch import accelerate_launch_command
 
     return accelerate_launch_command(processes, port, *flags)

@@ -25,7 +25,7 @@ WORKER = textwrap.dedent(
     """
     import torch
     from accelerate import Accelerator
-    from pare.runtime import LaunchError, check_launch, run_entry_point
+    from pare.launch import LaunchError, check_launch, run_entry_point
 
     def main():
         accelerator = Accelerator()

@@ -41,7 +41,7 @@ def test_pack_benchmark(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_loader_benchmark(tmp_path, monkeypatch):
-    result = _run("loader.py", ["--frames", "8", "--batches", "2"], tmp_path, monkeypatch)
+    result = _run("bench_loader.py", ["--frames", "8", "--batches", "2"], tmp_path, monkeypatch)
     for key in ("pipeline_samples_per_s", "decode_only_samples_per_s", "per_file_samples_per_s"):
         assert result[key] > 0
     assert result["goal_a_over_c"] == 5.0 and result["goal_a_over_b"] == 0.6
@@ -50,7 +50,7 @@ def test_loader_benchmark(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_model_benchmark(tmp_path, monkeypatch):
     args = ["--backbone", "hrnet_w18_small", "--batch", "1", "--repeats", "1"]
-    result = _run("model.py", args, tmp_path, monkeypatch)
+    result = _run("bench_model.py", args, tmp_path, monkeypatch)
     assert [(r["model"], r["precision"]) for r in result["rows"]][:3] == [
         ("vanilla", "fp32"),
         ("variant 28x28 (default)", "fp32"),
@@ -69,7 +69,7 @@ def test_ddp_benchmark(packed, tmp_path, monkeypatch):
         "data.batch_size=2",
         "model.mean_params=''",
     ]
-    result = _run("ddp.py", ["--steps", "3", *data], tmp_path, monkeypatch)
+    result = _run("bench_ddp.py", ["--steps", "3", *data], tmp_path, monkeypatch)
     assert set(result["samples_per_s"]) == {
         "1 process, 1 thread",
         "1 process, 2 threads",

@@ -195,8 +195,8 @@ class _KeypointOracle(torch.nn.Module):
 
 
 def test_pckh_of_an_oracle_with_known_offsets(packed):
-    from pare.data.batch import normalize_images
-    from pare.data.stream import eval_loader, shard_urls
+    from pare.data.streaming.batch import normalize_images
+    from pare.data.streaming.stream import eval_loader, shard_urls
     from pare.evaluation import evaluate_pckh
 
     loader = eval_loader(shard_urls(str(packed / "mpii_val")), 4)
@@ -222,8 +222,8 @@ def test_pckh_of_an_oracle_with_known_offsets(packed):
 
 
 def test_head_size_is_the_head_box_diagonal_in_input_pixels(raw, packed):
-    from pare.data.readers import Skips, read_mpii
-    from pare.data.stream import eval_loader, shard_urls
+    from pare.data.packing.readers import Skips, read_mpii
+    from pare.data.streaming.stream import eval_loader, shard_urls
 
     people = {
         f"mpii_{Path(p.image).stem}_r{p.rect}": p

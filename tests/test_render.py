@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 from pare.body import build_body_model, load_eval_assets
-from pare.data.scene import box_mesh, camera_at
+from pare.data.synthetic.scene import box_mesh, camera_at
 from pare.render import Camera, Mesh, rasterize, render
 
 

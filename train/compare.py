@@ -24,19 +24,14 @@ from pathlib import Path
 
 import torch
 
-from pare.compare import csv_table, markdown_table
+from pare.checkpoint import DONE_MARKER, export_weights, load_weights
 from pare.config import ConfigError, load_config
-from pare.data.stream import eval_loader, shard_urls
+from pare.data.streaming.stream import eval_loader, shard_urls
 from pare.evaluation import GroundTruthBodies, evaluate
 from pare.io_utils import write_bytes_atomic, write_json_atomic
+from pare.launch import accelerate_launch_command, run_entry_point
 from pare.models import build_model
-from pare.runtime import (
-    DONE_MARKER,
-    accelerate_launch_command,
-    export_weights,
-    load_weights,
-    run_entry_point,
-)
+from pare.report import csv_table, markdown_table
 
 TRAIN = Path(__file__).with_name("train.py")
 

@@ -21,8 +21,9 @@ import json
 import sys
 from pathlib import Path
 
+from pare.checkpoint import load_weights, resolve_checkpoint
 from pare.config import ConfigError, load_config
-from pare.data.stream import eval_loader, shard_urls
+from pare.data.streaming.stream import eval_loader, shard_urls
 from pare.evaluation import (
     METRICS,
     UNITS,
@@ -41,14 +42,8 @@ from pare.export import (
     save_3dpw_predictions,
 )
 from pare.io_utils import write_bytes_atomic, write_json_atomic
+from pare.launch import LaunchError, check_launch, run_entry_point
 from pare.models import build_model
-from pare.runtime import (
-    LaunchError,
-    check_launch,
-    load_weights,
-    resolve_checkpoint,
-    run_entry_point,
-)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
-from pare.data.stream import eval_loader, shard_urls
+from pare.data.streaming.stream import eval_loader, shard_urls
 from pare.evaluation import mean_training_pose
 from pare.geometry import matrix_to_rot6d
 from pare.io_utils import atomic_open
-from pare.runtime import run_entry_point
+from pare.launch import run_entry_point
 
 
 def main(argv: list[str] | None = None) -> int:

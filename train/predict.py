@@ -20,9 +20,11 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from pare.checkpoint import load_weights, resolve_checkpoint
 from pare.config import ConfigError, load_config
-from pare.data.batch import normalize_images
+from pare.data.streaming.batch import normalize_images
 from pare.io_utils import write_bytes_atomic
+from pare.launch import run_entry_point
 from pare.models import build_model
 from pare.predict import (
     crop_intrinsics,
@@ -35,7 +37,6 @@ from pare.predict import (
     read_people_file,
     write_person,
 )
-from pare.runtime import load_weights, resolve_checkpoint, run_entry_point
 
 
 def positive(text: str) -> int:

@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from pare.runtime import complete_checkpoints
+from pare.checkpoint import complete_checkpoints
 from pare.tracking import read_wandb_run
 
 

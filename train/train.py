@@ -28,28 +28,29 @@ from accelerate.utils import set_seed
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
-from pare.config import ConfigError, load_config, save_config
-from pare.data.batch import normalize_images
-from pare.data.stream import StreamState, eval_loader, shard_urls, sources_from_config, train_loader
-from pare.distributed import broadcast_buffers
-from pare.evaluation import GroundTruthBodies, evaluate, metric_key
-from pare.io_utils import write_json_atomic
-from pare.losses import pare_loss
-from pare.models import build_model
-from pare.runtime import (
+from pare.checkpoint import (
     DONE_MARKER,
     TRAINER_STATE,
-    LaunchError,
-    StopRequest,
     TrainState,
-    check_launch,
     export_weights,
-    parameters_in_sync,
-    peak_memory_mb,
     resolve_resume,
-    run_entry_point,
     save_checkpoint,
 )
+from pare.config import ConfigError, load_config, save_config
+from pare.data.streaming.batch import normalize_images
+from pare.data.streaming.stream import (
+    StreamState,
+    eval_loader,
+    shard_urls,
+    sources_from_config,
+    train_loader,
+)
+from pare.distributed import broadcast_buffers, parameters_in_sync
+from pare.evaluation import GroundTruthBodies, evaluate, metric_key
+from pare.io_utils import write_json_atomic
+from pare.launch import LaunchError, StopRequest, check_launch, peak_memory_mb, run_entry_point
+from pare.losses import pare_loss
+from pare.models import build_model
 from pare.visualize import overlay
 
 log = logging.getLogger("pare.train")

@@ -11,7 +11,7 @@ import scipy.sparse
 
 from pare.body import read_smpl_file, write_npz
 from pare.body.convert import main as convert_main
-from pare.data.py2pickle import dumps_py2
+from pare.data.synthetic.py2pickle import dumps_py2
 from pare.safe_pickle import UnsafePickleError, load_pickle
 
 

@@ -311,8 +311,8 @@ def test_model_holds_no_reference_to_the_original_model():
 def test_a_small_model_overfits_8_synthetic_samples(packed):
     """The whole chain (batch contract -> model -> losses -> Adam) can fit: the loss on 8 fixed
     synthetic 3DPW samples falls at least 10x within a bounded number of CPU steps."""
-    from pare.data.batch import normalize_images
-    from pare.data.stream import eval_loader, shard_urls
+    from pare.data.streaming.batch import normalize_images
+    from pare.data.streaming.stream import eval_loader, shard_urls
 
     batch = next(iter(eval_loader(shard_urls(str(packed / "3dpw")), batch_size=8)))
     assert len(batch["__key__"]) == 8 and batch["has_smpl"].all()
@@ -339,7 +339,7 @@ OVERFIT_STEPS = 200  # about 120 are needed on the synthetic data
 
 
 def test_initial_weights_start_the_attention_variant_as_the_vanilla_network(tmp_path):
-    from pare.runtime import export_weights
+    from pare.checkpoint import export_weights
 
     small = ["model.backbone=hrnet_w18_small", "model.branch_channels=16", "model.branch_layers=1"]
     torch.manual_seed(0)

@@ -15,7 +15,7 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 
 from pare.config import load_config
-from pare.data.batch import normalize_images
+from pare.data.streaming.batch import normalize_images
 from pare.losses import pare_loss
 from pare.models import build_model
 

@@ -14,11 +14,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from pare.checkpoint import COMPLETE, load_weights
 from pare.config import load_config
-from pare.data.stream import eval_loader, shard_urls
+from pare.data.streaming.stream import eval_loader, shard_urls
 from pare.evaluation import GroundTruthBodies, evaluate
 from pare.models import build_model
-from pare.runtime import COMPLETE, load_weights
 from pare.tracking import read_wandb_run
 from tests.conftest import accelerate_launch
 
@@ -194,7 +194,7 @@ def test_resume_after_sigterm_matches_an_uninterrupted_run(packed, tmp_path):
 
 
 def test_two_cpu_processes_match_one_process_with_the_same_global_batch(packed, tmp_path):
-    from pare.data.stream import eval_loader, shard_urls
+    from pare.data.streaming.stream import eval_loader, shard_urls
 
     batch = next(iter(eval_loader(shard_urls(str(packed / "3dpw")), batch_size=4)))
     torch.save({k: v for k, v in batch.items() if torch.is_tensor(v)}, tmp_path / "batch.pt")
@@ -302,7 +302,7 @@ def test_evaluate_checkpoint_on_3dpw_and_mpii_with_export_and_wandb(
 ):
     import csv
 
-    from pare.data.batch import normalize_images
+    from pare.data.streaming.batch import normalize_images
     from pare.evaluation import parse_3dpw_key
     from pare.export import export_fields, ground_truth_frames, read_3dpw_predictions
 

@@ -33,8 +33,8 @@ from PIL import Image
 from torch.utils.data import IterableDataset, get_worker_info
 from webdataset.gopen import gopen_schemes
 
-from pare.data.augment import AugmentParams, augment, draw_params
-from pare.data.batch import collate
+from pare.data.streaming.augment import AugmentParams, augment, draw_params
+from pare.data.streaming.batch import collate
 
 
 @dataclass

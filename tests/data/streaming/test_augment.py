@@ -10,8 +10,8 @@ from PIL import Image
 
 from pare.body import build_body_model, load_eval_assets
 from pare.config import AugmentConfig
-from pare.data.augment import AugmentParams, augment, draw_params, flip
-from pare.data.stream import decode_sample
+from pare.data.streaming.augment import AugmentParams, augment, draw_params, flip
+from pare.data.streaming.stream import decode_sample
 from pare.render import Camera, Mesh, render
 
 GENDERS = {0: "neutral", 1: "male", 2: "female"}
@@ -134,7 +134,7 @@ def test_augmented_example_is_saved(packed, test_output):
 
 
 def test_fast_resize_path_matches_the_affine_warp():
-    from pare.data.augment import _warp, _warp_image, input_matrix
+    from pare.data.streaming.augment import _warp, _warp_image, input_matrix
 
     rng = np.random.default_rng(0)
     noise = rng.uniform(0, 255, (40, 40, 3)).astype(np.uint8)
@@ -146,7 +146,7 @@ def test_fast_resize_path_matches_the_affine_warp():
 
 
 def test_read_npz_equals_np_load(packed):
-    from pare.data.stream import read_npz
+    from pare.data.streaming.stream import read_npz
 
     checked = 0
     for shard in sorted((packed / "mpii").glob("*.tar")) + sorted((packed / "3dpw").glob("*.tar")):
@@ -170,7 +170,7 @@ def test_read_npz_equals_np_load(packed):
 def test_turn_about_z_matches_scipy():
     from scipy.spatial.transform import Rotation
 
-    from pare.data.augment import turn_about_z
+    from pare.data.streaming.augment import turn_about_z
 
     rng = np.random.default_rng(1)
     vecs = list(rng.normal(size=(200, 3))) + [

@@ -10,7 +10,7 @@ import torch
 from accelerate import Accelerator
 
 from pare.config import load_config
-from pare.data.stream import Source, eval_loader, shard_urls, train_loader
+from pare.data.streaming.stream import Source, eval_loader, shard_urls, train_loader
 from pare.distributed import gather_per_sample
 
 

@@ -6,7 +6,7 @@
   (d) reading only: shard members grouped into samples, nothing decoded (what (a) pays before
       it decodes anything; it explains how far (a) can get towards (b)).
 
-    python benchmarks/loader.py [--frames 16] [--batches 20] [--out benchmarks/results/loader.json]
+    python benchmarks/bench_loader.py [--frames 16] [--batches 20] [--out benchmarks/results/loader.json]
 
 Goals: (a) >= 5 x (c) and (a) >= 60% of (b).
 """
@@ -31,10 +31,10 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from pare.config import load_config  # noqa: E402
-from pare.data.pack import pack_3dpw  # noqa: E402
-from pare.data.shard_writer import ShardOptions  # noqa: E402
-from pare.data.stream import Source, shard_urls, train_loader  # noqa: E402
-from pare.data.synthetic_3dpw import Synthetic3DPWConfig, make_3dpw  # noqa: E402
+from pare.data.packing.pack import pack_3dpw  # noqa: E402
+from pare.data.packing.shard_writer import ShardOptions  # noqa: E402
+from pare.data.streaming.stream import Source, shard_urls, train_loader  # noqa: E402
+from pare.data.synthetic.threedpw import Synthetic3DPWConfig, make_3dpw  # noqa: E402
 from pare.geometry import crop_matrix  # noqa: E402
 from pare.io_utils import write_json_atomic  # noqa: E402
 

@@ -1,6 +1,6 @@
 """Training throughput for 1 and 2 CPU processes on the same config, measured in one run.
 
-    python benchmarks/ddp.py [--config configs/demo.yaml] [--steps 15] [--out benchmarks/results/ddp.json]
+    python benchmarks/bench_ddp.py [--config configs/demo.yaml] [--steps 15] [--out benchmarks/results/ddp.json]
 
 Runs ``train/train.py`` three times on the demo shards (pack them first with ``make demo``, or
 pass ``key=value`` overrides pointing at other shards): one process with one thread, one process
@@ -21,7 +21,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from pare.runtime import accelerate_launch_command
+from pare.launch import accelerate_launch_command
 
 ROOT = Path(__file__).parents[1]
 

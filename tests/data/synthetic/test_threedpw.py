@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import simplejpeg
 
-from pare.data.synthetic_3dpw import Synthetic3DPWConfig, make_3dpw, split_plan
+from pare.data.synthetic.threedpw import Synthetic3DPWConfig, make_3dpw, split_plan
 from pare.safe_pickle import load_pickle
 
 WIDTH, HEIGHT, FRAMES = 135, 240, 8

@@ -1,7 +1,7 @@
 """Model cost on CPU: vanilla PARE against the self-attention variant, and fused against naive
 attention, side by side in one run.
 
-    python benchmarks/model.py [--backbone hrnet_w32] [--batch 8] [--repeats 3]
+    python benchmarks/bench_model.py [--backbone hrnet_w32] [--batch 8] [--repeats 3]
                                [--bf16-repeats 1] [--precisions fp32,bf16]
                                [--out benchmarks/results/model.json]
 

@@ -10,7 +10,7 @@ from scipy.spatial.transform import Rotation
 
 from pare.body import build_body_model
 from pare.body.joints import MPII_16
-from pare.data.synthetic_mpii import EFT_NAME, GT_NAME, MAT_NAME, SyntheticMPIIConfig, make_mpii
+from pare.data.synthetic.mpii import EFT_NAME, GT_NAME, MAT_NAME, SyntheticMPIIConfig, make_mpii
 
 IMAGES = 40
 

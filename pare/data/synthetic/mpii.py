@@ -23,8 +23,8 @@ from scipy.spatial.transform import Rotation
 from tqdm import tqdm
 
 from pare.body.joints import MPII_16, UNIFIED
-from pare.data import motion
-from pare.data.scene import (
+from pare.data.synthetic import motion
+from pare.data.synthetic.scene import (
     GROUND_Y,
     BodyModels,
     box_mesh,

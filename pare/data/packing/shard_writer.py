@@ -28,8 +28,8 @@ import torch
 from tqdm import tqdm
 
 from pare.body.joints import UNIFIED
-from pare.data.readers import Skips
-from pare.data.samples import BOX_EXTENT, CROP_CONTEXT, CROP_MAX, NPZ_FIELDS, SampleError
+from pare.data.packing.readers import Skips
+from pare.data.packing.samples import BOX_EXTENT, CROP_CONTEXT, CROP_MAX, NPZ_FIELDS, SampleError
 from pare.io_utils import write_json_atomic
 
 SCHEMA_VERSION = 1

@@ -165,7 +165,7 @@ def flip_pose(pose: np.ndarray) -> np.ndarray:
 
 
 def augment(sample: dict, params: AugmentParams, out_size: int = 224, label_size: int = 56) -> dict:
-    """Apply ``params`` to a decoded sample (see :func:`pare.data.stream.decode_sample`).
+    """Apply ``params`` to a decoded sample (see :func:`pare.data.streaming.stream.decode_sample`).
 
     Returns new arrays: ``image`` (out, out, 3) uint8, ``part_labels`` (label, label) uint8,
     ``keypoints_2d`` in input pixels, and the SMPL, 3D joints and intrinsics moved accordingly.

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from pare.config import load_config
-from pare.data.batch import check_batch, normalize_images
-from pare.data.stream import (
+from pare.data.streaming.batch import check_batch, normalize_images
+from pare.data.streaming.stream import (
     Source,
     StreamState,
     WeightedMix,

@@ -1,10 +1,9 @@
-"""Packers: 3DPW and MPII people -> samples -> shards (see :mod:`pare.data.shard_writer`)."""
+"""Packers: 3DPW and MPII people -> samples -> shards (see :mod:`pare.data.packing.shard_writer`)."""
 
 from __future__ import annotations
 
 import functools
 import logging
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +11,7 @@ import simplejpeg
 from scipy.spatial.transform import Rotation
 
 from pare.body.joints import MPII_16, OPENPOSE_18, to_unified
-from pare.data.readers import (
+from pare.data.packing.readers import (
     DatasetLayoutError,
     PersonFrame3DPW,
     PersonMPII,
@@ -22,7 +21,7 @@ from pare.data.readers import (
     read_mpii,
     threedpw_sequence_files,
 )
-from pare.data.samples import (
+from pare.data.packing.samples import (
     GENDER_CODE,
     SampleError,
     box_from_keypoints,
@@ -35,8 +34,7 @@ from pare.data.samples import (
     provenance,
     transform_keypoints,
 )
-from pare.data.scene import BodyModels
-from pare.data.shard_writer import (
+from pare.data.packing.shard_writer import (
     PackError,
     ShardOptions,
     merge_slices,
@@ -44,6 +42,7 @@ from pare.data.shard_writer import (
     write_shards,
     write_slice,
 )
+from pare.data.synthetic.scene import BodyModels
 
 log = logging.getLogger(__name__)
 JPEG_QUALITY = 95
@@ -307,13 +306,11 @@ def _pack(
     }
 
 
-def run_cli(pack, *args) -> int:
-    """Run a packer for an entry point: a one-line summary, or ``error: ...`` and exit code 2."""
-    try:
-        result = pack(*args)
-    except (DatasetLayoutError, FileNotFoundError, PackError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+# What a packer entry point reports as a one-line error (exit 2) rather than a traceback.
+PACK_ERRORS = (DatasetLayoutError, FileNotFoundError, PackError, ValueError)
+
+
+def summary(result: dict) -> str:
+    """The one line a packer entry point prints for a :func:`pack_3dpw`/:func:`pack_mpii` result."""
     where = result["manifest"] or f"slice {result['slice']} (merge with --merge)"
-    print(f"{result['samples']} samples -> {where}; skipped: {result['skipped'] or 'none'}")
-    return 0
+    return f"{result['samples']} samples -> {where}; skipped: {result['skipped'] or 'none'}"

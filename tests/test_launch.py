@@ -1,4 +1,4 @@
-"""Runtime helpers: launch checks, stop requests, checkpoint discovery."""
+"""Launch checks and stop requests."""
 
 import os
 import signal
@@ -8,16 +8,7 @@ import time
 
 import pytest
 
-from pare.runtime import (
-    COMPLETE,
-    LaunchError,
-    StopRequest,
-    _launcher_processes,
-    check_launch,
-    checkpoint_dir,
-    complete_checkpoints,
-    resolve_resume,
-)
+from pare.launch import LaunchError, StopRequest, _launcher_processes, check_launch
 
 
 def test_launcher_process_count_is_read_from_the_parent_command_line():
@@ -64,16 +55,3 @@ def test_stop_requests_from_file_budget_and_signal(tmp_path):
     finally:
         stop.uninstall()
     assert signal.getsignal(signal.SIGUSR1) is signal.SIG_DFL
-
-
-def test_only_complete_checkpoints_are_resumed(tmp_path):
-    for step in (5, 10, 20):
-        checkpoint_dir(tmp_path, step).mkdir(parents=True)
-    (checkpoint_dir(tmp_path, 5) / COMPLETE).touch()
-    (checkpoint_dir(tmp_path, 10) / COMPLETE).touch()  # 20 was killed while saving
-    assert [p.name for p in complete_checkpoints(tmp_path)] == ["step-0000005", "step-0000010"]
-    assert resolve_resume(tmp_path, "auto") == checkpoint_dir(tmp_path, 10)
-    assert resolve_resume(tmp_path, "") is None
-    assert resolve_resume(tmp_path / "fresh", "auto") is None
-    with pytest.raises(FileNotFoundError, match="not a complete checkpoint"):
-        resolve_resume(tmp_path, str(checkpoint_dir(tmp_path, 20)))

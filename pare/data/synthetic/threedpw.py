@@ -4,7 +4,7 @@
     sequenceFiles/{train,validation,test}/<sequence>.pkl
 
 Every key of the real pickles is written with the real types and shapes, as a Python 2 pickle
-(see :mod:`pare.data.py2pickle`): world-frame ``poses``/``trans`` at 30 Hz and 60 Hz, ``betas``
+(see :mod:`pare.data.synthetic.py2pickle`): world-frame ``poses``/``trans`` at 30 Hz and 60 Hz, ``betas``
 of 10 or 300 (zero-padded) values, ``genders``, OpenPose-18 ``poses2d`` with confidences (all
 zero in frames with fewer than 6 detections), ``jointPositions``, a moving world-to-camera
 ``cam_poses``, ``cam_intrinsics``, ``campose_valid`` with invalid frames, ``img_frame_ids``,
@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from pare.data import motion
-from pare.data.py2pickle import dump_py2
-from pare.data.scene import (
+from pare.data.synthetic import motion
+from pare.data.synthetic.py2pickle import dump_py2
+from pare.data.synthetic.scene import (
     GROUND_Y,
     BodyModels,
     box_mesh,

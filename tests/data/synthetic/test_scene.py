@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from pare.data.scene import BodyModels, camera_at, random_appearance
+from pare.data.synthetic.scene import BodyModels, camera_at, random_appearance
 from pare.render import Mesh, render
 
 

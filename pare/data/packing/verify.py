@@ -12,8 +12,8 @@ import numpy as np
 import simplejpeg
 from PIL import Image
 
-from pare.data.samples import NPZ_FIELDS, label_size
-from pare.data.shard_writer import MANIFEST
+from pare.data.packing.samples import NPZ_FIELDS, label_size
+from pare.data.packing.shard_writer import MANIFEST
 
 
 def verify_split(folder: str | Path) -> tuple[int, list[str]]:

@@ -17,11 +17,11 @@ import pytest
 import webdataset as wds
 from PIL import Image
 
-from pare.data.pack import pack_3dpw, pack_mpii
-from pare.data.shard_writer import ShardOptions
-from pare.data.verify import verify_split
+from pare.data.packing.pack import pack_3dpw, pack_mpii
+from pare.data.packing.shard_writer import ShardOptions
+from pare.data.packing.verify import verify_split
 
-ROOT = Path(__file__).parents[2]
+ROOT = Path(__file__).parents[3]
 OPTS = ShardOptions(maxcount=6, progress=False)
 
 
@@ -281,7 +281,7 @@ def test_maxsize_bounds_shards(raw, tmp_path):
 
 
 def test_slices_then_merge_equal_one_process(raw, packed, tmp_path):
-    from pare.data.shard_writer import PackError
+    from pare.data.packing.shard_writer import PackError
 
     out = tmp_path / "sliced"
     for index in (2, 0, 1):  # any order, as array tasks finish

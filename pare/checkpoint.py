@@ -1,0 +1,148 @@
+"""Checkpoints and trained weights: run folders, the counters that survive a resume, saving,
+pruning and resuming, and the exported ``model.safetensors`` files.
+
+Checkpoints are folders ``<run>/checkpoints/step-0001000`` written by ``accelerator.save_state``
+into ``step-0001000.tmp`` and renamed once every rank has finished writing, with a ``COMPLETE``
+marker inside: a folder without the marker (a job killed mid-save) is never resumed from.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+CHECKPOINTS = "checkpoints"
+COMPLETE = "COMPLETE"
+TRAINER_STATE = "trainer_state.json"
+DONE_MARKER = "DONE"  # written by train.py when a run reaches train.max_steps
+_STEP_DIR = re.compile(r"^step-(\d{7,})$")
+
+
+@dataclass
+class TrainState:
+    """Counters that must survive a resume (registered with ``register_for_checkpointing``)."""
+
+    step: int = 0
+    nonfinite_steps: int = 0
+    best_pa_mpjpe: float = float("inf")
+    best_step: int = -1
+    wandb_run_id: str = ""
+    history: dict = field(default_factory=dict)
+
+    def state_dict(self) -> dict:
+        return asdict(self)
+
+    def load_state_dict(self, state: dict) -> None:
+        for key, value in state.items():
+            setattr(self, key, value)
+
+
+def checkpoint_dir(run_dir: Path, step: int) -> Path:
+    return Path(run_dir) / CHECKPOINTS / f"step-{step:07d}"
+
+
+def complete_checkpoints(run_dir: Path) -> list[Path]:
+    """Complete checkpoint folders of a run, oldest first."""
+    root = Path(run_dir) / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if _STEP_DIR.match(p.name) and (p / COMPLETE).is_file()]
+    return sorted(found, key=lambda p: int(_STEP_DIR.match(p.name).group(1)))
+
+
+def resolve_resume(run_dir: Path, resume: str) -> Path | None:
+    """``train.resume``: "" (start fresh), "auto" (the newest complete checkpoint of the run, or
+    none) or a checkpoint folder (which must be complete)."""
+    if not resume:
+        return None
+    if resume == "auto":
+        found = complete_checkpoints(run_dir)
+        return found[-1] if found else None
+    path = Path(resume)
+    if not (path / COMPLETE).is_file():
+        raise FileNotFoundError(
+            f"{path} is not a complete checkpoint (no {COMPLETE} marker); pass a folder from "
+            f"{Path(run_dir) / CHECKPOINTS} or train.resume=auto"
+        )
+    return path
+
+
+def save_checkpoint(
+    accelerator, run_dir: Path, step: int, keep: int, counters: dict | None = None
+) -> Path:
+    """``save_state`` into a temporary folder, add ``counters`` as ``trainer_state.json`` (JSON:
+    Accelerate's own custom-object files are pickles, loaded with ``weights_only=False``), then
+    mark and rename it (main process), and prune all but the newest ``keep`` complete
+    checkpoints. Collective: every rank must call it."""
+    final = checkpoint_dir(run_dir, step)
+    tmp = final.with_name(final.name + ".tmp")
+    if accelerator.is_main_process and tmp.exists():
+        shutil.rmtree(tmp)  # left by a save that was killed
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        if counters is not None:
+            (tmp / TRAINER_STATE).write_text(json.dumps(counters))
+        (tmp / COMPLETE).write_text(json.dumps({"step": step, "time": time.time()}))
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        for old in complete_checkpoints(run_dir)[:-keep] if keep > 0 else []:
+            shutil.rmtree(old)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def export_weights(model: torch.nn.Module, path: Path, metadata: dict | None = None) -> Path:
+    """The model's state dict as safetensors (atomically), for evaluation and prediction."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    tmp = path.with_name(path.name + ".tmp")
+    meta = {k: json.dumps(v) for k, v in (metadata or {}).items()}
+    save_file(state, str(tmp), metadata=meta)
+    os.replace(tmp, path)
+    return path
+
+
+def load_weights(model: torch.nn.Module, path: Path) -> dict:
+    """Load exported safetensors weights (strict) and return their metadata."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"model weights not found: {path} (train/train.py writes them)")
+    model.load_state_dict(load_file(str(path)))
+    with safe_open(str(path), "pt") as f:
+        return {k: json.loads(v) for k, v in (f.metadata() or {}).items()}
+
+
+def resolve_checkpoint(path: Path, which: str = "best") -> tuple[Path, Path | None]:
+    """(weights file, run folder or None) for a weights file, a run folder or a checkpoint."""
+    if path.is_file():
+        run = next((p for p in path.parents if (p / "config.yaml").is_file()), None)
+        return path, run
+    if not path.is_dir():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    if (path / "config.yaml").is_file():  # a run folder
+        best, final = path / "best" / "model.safetensors", path / "model.safetensors"
+        if which == "final" or not best.is_file():
+            return final, path
+        return best, path
+    weights = path / "model.safetensors"  # a checkpoint folder (save_state)
+    if weights.is_file():
+        return weights, next((p for p in path.parents if (p / "config.yaml").is_file()), None)
+    raise FileNotFoundError(
+        f"{path} holds neither config.yaml (a run folder) nor model.safetensors (a checkpoint)"
+    )
