@@ -2,7 +2,7 @@
 
     python benchmarks/bench_render.py [--repeats 5] [--frames 6] [--out benchmarks/results/render.json]
 
-Runs on one core (thread pools pinned to 1 before numpy/torch load), as the issue asks. Rows:
+Runs on one core (thread pools pinned to 1 before numpy/torch load), so that the numbers are per core. Rows:
 one 6890-vertex body at 512x512, the same at 3DPW's 1080x1920, and end-to-end synthetic 3DPW
 generation (render + JPEG + annotations) at 1080x1920 and at 270x480.
 """

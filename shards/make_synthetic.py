@@ -1,7 +1,7 @@
-"""Generate synthetic datasets in the real on-disk formats (see pare.data.synthetic_*).
+"""Generate synthetic datasets in the real on-disk formats (see pare.data.synthetic).
 
 python shards/make_synthetic.py 3dpw --out data/synthetic/3dpw --sequences 3 --frames 60 --seed 0
-python shards/make_synthetic.py 3dpw --out data/demo/3dpw --sequences 120 --frames 8 --split-ratio 3 1 0
+python shards/make_synthetic.py 3dpw --out data/demo/3dpw --sequences 640 --frames 2 --split-ratio 3 1 0
 python shards/make_synthetic.py mpii --out data/synthetic/mpii --images 200 --seed 0 [--eft]
 """
 

@@ -1,6 +1,6 @@
-"""Pack one 3DPW split into WebDataset shards (see pare.data.packing.pack and pare.data.packing.shard_writer).
+"""Pack one 3DPW split into WebDataset shards (see pare.data.packing.pack).
 
-python shards/pack_3dpw.py --root DIR --split {train,validation,test} --out shards/3dpw/<split>
+python shards/pack_3dpw.py --root DIR --split {train,validation,test} [--out shards/out/3dpw/<split>]
     [--body-model standin|PATH] [--workers N] [--maxcount 1000] [--maxsize-mb 256] [--seed 0] [--strict]
 """
 

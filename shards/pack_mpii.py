@@ -1,6 +1,6 @@
 """Pack MPII's train or val people into WebDataset shards (see pare.data.packing.pack).
 
-python shards/pack_mpii.py --root DIR --split {train,val} --out shards/mpii/<split>
+python shards/pack_mpii.py --root DIR --split {train,val} [--out shards/out/mpii/<split>]
     [--eft MPII_ver01.json] [--min-joints 6] [--val-list FILE] [--workers N] [--strict]
 """
 

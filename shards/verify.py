@@ -1,6 +1,6 @@
 """Re-read every shard of a packed split and check it against manifest.json.
 
-    python shards/verify.py shards/3dpw/train [more split folders ...]
+    python shards/verify.py shards/out/3dpw/train [more split folders ...]
 
 Exits non-zero on any mismatch, naming the shard and sample.
 """
