@@ -33,7 +33,7 @@ from PIL import Image  # noqa: E402
 from pare.config import load_config  # noqa: E402
 from pare.data.packing.pack import pack_3dpw  # noqa: E402
 from pare.data.packing.shard_writer import ShardOptions  # noqa: E402
-from pare.data.streaming.stream import Source, shard_urls, train_loader  # noqa: E402
+from pare.data.streaming.stream import ShardSource, shard_urls, train_loader  # noqa: E402
 from pare.data.synthetic.threedpw import Synthetic3DPWConfig, make_3dpw  # noqa: E402
 from pare.geometry import crop_matrix  # noqa: E402
 from pare.io_utils import write_json_atomic  # noqa: E402
@@ -43,7 +43,7 @@ def pipeline_rate(urls: list[str], batches: int) -> float:
     cfg = load_config(
         [], ["data.batch_size=16", "data.num_workers=0", "data.shuffle_buffer=100"]
     ).data
-    loader = train_loader([Source("3dpw", urls)], cfg, steps_per_epoch=batches + 2)
+    loader = train_loader([ShardSource(urls)], cfg, steps_per_epoch=batches + 2)
     it = iter(loader)
     next(it), next(it)  # warm-up (shuffle buffer fill)
     start = time.perf_counter()

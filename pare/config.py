@@ -66,28 +66,32 @@ class AugmentConfig:
 
 @dataclass
 class DatasetSource:
-    """One packed dataset: a split folder (with manifest.json), a manifest, or shard URLs."""
+    """One packed dataset of the mix: a split folder (with manifest.json), a manifest, or shard
+    URLs, and its sampling weight (the stream resolves it into a ShardSource)."""
 
-    name: str = "3dpw"
     path: str = "shards/out/3dpw/train"
     weight: float = 1.0
 
 
 @dataclass
 class DataConfig:
-    """Shards to stream and how to batch them (batch_size is per process)."""
+    """Shards to stream and how to batch them (batch_size is per process).
+
+    ``crop_size`` (S) is the side of the network input in pixels; the part heatmaps and part
+    labels are :attr:`heatmap_size` = S / 4 on a side (PARE's default: 224 -> 56). The stored
+    crops in the shards have their own size, resampled to S by augmentation.
+    """
 
     train: list[DatasetSource] = field(
         default_factory=lambda: [
-            DatasetSource("3dpw", "shards/out/3dpw/train", 0.6),
-            DatasetSource("mpii", "shards/out/mpii/train", 0.4),
+            DatasetSource("shards/out/3dpw/train", 0.6),
+            DatasetSource("shards/out/mpii/train", 0.4),
         ]
     )
     val: list[DatasetSource] = field(
-        default_factory=lambda: [DatasetSource("3dpw", "shards/out/3dpw/validation", 1.0)]
+        default_factory=lambda: [DatasetSource("shards/out/3dpw/validation", 1.0)]
     )
     crop_size: int = 224
-    heatmap_size: int = 56
     batch_size: int = 32
     num_workers: int = 4
     shuffle_buffer: int = 1000
@@ -95,17 +99,18 @@ class DataConfig:
     cache_dir: str = ""  # local copies of remote shards (URLs, pipe: commands); empty = none
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
+    @property
+    def heatmap_size(self) -> int:
+        """Side of the part heatmaps and part labels (px): the model's part maps come out at a
+        quarter of the input, so this is derived, never set."""
+        return self.crop_size // 4
+
     def __post_init__(self) -> None:
         if not self.train:
-            raise ConfigError("data.train is empty; list at least one {name, path, weight}")
+            raise ConfigError("data.train is empty; list at least one {path, weight}")
         # Every backbone downsamples by 32 at its coarsest and the part maps come out at 1/4.
         if self.crop_size % 32:
             raise ConfigError(f"data.crop_size={self.crop_size} must be a multiple of 32")
-        if self.heatmap_size != self.crop_size // 4:
-            raise ConfigError(
-                f"data.heatmap_size={self.heatmap_size} must be data.crop_size // 4 = "
-                f"{self.crop_size // 4} (the model's part maps are at a quarter of the input)"
-            )
         for i, source in enumerate(self.train):
             if source.weight <= 0:
                 raise ConfigError(f"data.train[{i}].weight={source.weight} must be positive")
@@ -122,7 +127,9 @@ class AttentionConfig:
     enabled: bool = False
     heads: int = 4
     dim: int = 64  # D_k, the query/key width, split over the heads
-    resolution: int = 28  # side of the grid attention runs on; 0 = the heatmaps' own (56)
+    # Side of the grid attention runs on; 0 = the heatmaps' own (data.crop_size // 4, 56 by
+    # default). Nonzero, it must divide that size (checked in Config).
+    resolution: int = 28
     value_proj: bool = False  # learned per-head value projection (default: the heatmaps)
 
     def __post_init__(self) -> None:
@@ -248,6 +255,18 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+    def __post_init__(self) -> None:
+        attention, heatmap = self.model.attention, self.data.heatmap_size
+        # PartSelfAttention average-pools the maps to resolution x resolution and upsamples its
+        # correction bilinearly: above the heatmap's size pooling would only repeat tokens, and a
+        # size that does not divide it gives tokens of unequal, overlapping windows.
+        if attention.enabled and attention.resolution and heatmap % attention.resolution:
+            raise ConfigError(
+                f"model.attention.resolution={attention.resolution} must divide the heatmap "
+                f"size data.crop_size // 4 = {heatmap} (data.crop_size={self.data.crop_size}), "
+                "or be 0 to attend at the heatmap's own size"
+            )
 
 
 def _check_keys(override: Any, schema: type, prefix: str, source: str) -> None:

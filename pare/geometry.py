@@ -15,7 +15,11 @@ import torch
 import torch.nn.functional as F
 
 FOCAL_LENGTH = 5000.0
-CROP_SIZE = 224
+# The side (px) of the crop on which PARE's weak-perspective camera has focal FOCAL_LENGTH, as
+# SPIN and PARE define it. It stays 224 whatever data.crop_size is: the predicted camera lives
+# in normalised crop coordinates ([-1, 1]), so only the ratio focal / reference matters to the
+# image, and keeping PARE's ratio keeps its translations (depth) comparable across crop sizes.
+CAMERA_REFERENCE_SIZE = 224
 
 
 # ----------------------------------------------------------------------------- rotations
@@ -105,26 +109,30 @@ def matrix_to_rot6d(matrix: torch.Tensor) -> torch.Tensor:
 
 
 def weak_perspective_to_translation(
-    cam: torch.Tensor, focal_length: float = FOCAL_LENGTH, crop_size: int = CROP_SIZE
+    cam: torch.Tensor,
+    focal_length: float = FOCAL_LENGTH,
+    reference_size: int = CAMERA_REFERENCE_SIZE,
 ) -> torch.Tensor:
-    """PARE's crop camera ``[s, tx, ty]`` (..., 3) -> camera translation (..., 3).
+    """PARE's crop camera ``[s, tx, ty]`` (..., 3) -> camera translation (..., 3), metres.
 
     Weak perspective maps a body point X to normalised crop coordinates ``s * (X_xy + t)``.
-    A perspective camera with focal ``f`` (px) at depth ``tz = 2 f / (crop_size * s)`` gives the
-    same image at the body's root, so the translation is ``[tx, ty, tz]``.
+    A perspective camera with focal ``f`` (px) on a ``reference_size`` px crop, at depth
+    ``tz = 2 f / (reference_size * s)``, gives the same image at the body's root, so the
+    translation is ``[tx, ty, tz]``. It holds at any crop size: see CAMERA_REFERENCE_SIZE.
     """
     s, tx, ty = cam.unbind(-1)
-    tz = 2 * focal_length / (crop_size * s + 1e-9)
+    tz = 2 * focal_length / (reference_size * s + 1e-9)
     return torch.stack([tx, ty, tz], -1)
 
 
 def crop_camera_to_full(
-    cam: torch.Tensor, intrinsics: torch.Tensor, input_size: int
+    cam: torch.Tensor, intrinsics: torch.Tensor, crop_size: int
 ) -> torch.Tensor:
     """PARE's crop camera ``[s, tx, ty]`` (B, 3) -> the body's translation (B, 3) in the real
     camera whose intrinsics on the input crop's pixels are ``intrinsics`` (B, 3, 3).
 
-    The weak-perspective image of the root, ``S/2 + (s S / 2)(X + t)`` in input pixels, equals
+    With S = ``crop_size`` (the network input's side, px), the weak-perspective image of the
+    root, ``S/2 + (s S / 2)(X + t)`` in input pixels, equals
     the pinhole's ``f (X + T) / T_z + c`` when ``T_z = 2 f / (s S)`` and
     ``T_xy = t + (S/2 - c) T_z / f`` (square pixels, as weak perspective assumes): a crop whose
     centre is off the principal point sees the body obliquely, which shifts it sideways.
@@ -132,8 +140,8 @@ def crop_camera_to_full(
     s, tx, ty = cam.double().unbind(-1)
     f = intrinsics[:, [0, 1], [0, 1]].double()  # (B, 2) fx, fy
     c = intrinsics[:, [0, 1], [2, 2]].double()  # (B, 2) cx, cy
-    tz = 2 * f[:, 0] / (input_size * s + 1e-9)
-    txy = torch.stack([tx, ty], -1) + (input_size / 2.0 - c) * tz[:, None] / f
+    tz = 2 * f[:, 0] / (crop_size * s + 1e-9)
+    txy = torch.stack([tx, ty], -1) + (crop_size / 2.0 - c) * tz[:, None] / f
     return torch.cat([txy, tz[:, None]], -1)
 
 
@@ -156,7 +164,8 @@ def perspective_projection(
     """Project (B, N, 3) points to (B, N, 2) pixels: ``K (R X + t)`` with a pinhole ``K``.
 
     ``focal_length`` is a scalar, (B,) or (B, 2); ``center`` a scalar or (B, 2). With
-    ``center=0`` and the result divided by ``crop_size / 2`` this is PARE's normalised 2D joints.
+    ``center=0`` and the result divided by ``CAMERA_REFERENCE_SIZE / 2`` (with PARE's focal
+    length) this is PARE's normalised 2D joints.
     """
     if rotation is not None:
         points = points @ rotation.transpose(-1, -2)

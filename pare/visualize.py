@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageDraw
 
-from pare.geometry import CROP_SIZE, FOCAL_LENGTH
+from pare.geometry import CAMERA_REFERENCE_SIZE, FOCAL_LENGTH
 from pare.render import PART_COLORS, Camera, Mesh, render
 
 
@@ -27,12 +27,13 @@ def overlay(
     gt_keypoints: np.ndarray,
     gt_parts: np.ndarray | None = None,
 ) -> np.ndarray:
-    """(S, 2S, 3) uint8: left, the predicted mesh (PARE's crop camera, f = 5000 at 224 px) and keypoints
-    (pixels) over ``image`` (S, S, 3); right, the ground-truth keypoints (x, y, confidence) and
-    part map (any resolution, tinted) over the same crop."""
+    """(S, 2S, 3) uint8 for a crop of side S: left, the predicted mesh (PARE's crop camera,
+    f = 5000 px at the 224 px camera reference) and keypoints (pixels) over ``image``
+    (S, S, 3); right, the ground-truth keypoints (x, y, confidence) and part map (any
+    resolution, tinted) over the same crop."""
     size = image.shape[0]
-    # PARE's translation assumes f = 5000 px on a 224 px crop; the same view at another size.
-    focal = FOCAL_LENGTH * size / CROP_SIZE
+    # The predicted translation assumes FOCAL_LENGTH on the reference crop: the same view at S.
+    focal = FOCAL_LENGTH * size / CAMERA_REFERENCE_SIZE
     camera = Camera(
         K=np.array([[focal, 0, size / 2], [0, focal, size / 2], [0, 0, 1.0]]),
         R=np.eye(3),

@@ -64,8 +64,8 @@ def test_model_benchmark(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_ddp_benchmark(packed, tmp_path, monkeypatch):
     data = [
-        f"data.train=[{{name: 3dpw, path: {packed / '3dpw'}, weight: 1.0}}]",
-        f"data.val=[{{name: 3dpw, path: {packed / '3dpw_val'}, weight: 1.0}}]",
+        f"data.train=[{{path: {packed / '3dpw'}, weight: 1.0}}]",
+        f"data.val=[{{path: {packed / '3dpw_val'}, weight: 1.0}}]",
         "data.batch_size=2",
         "model.mean_params=''",
     ]

@@ -56,24 +56,51 @@ def test_yaml_then_cli_precedence(tmp_path):
         (["train.mixed_precision=fp32"], r"train\.mixed_precision"),
         (["optim=1"], r"'optim' is a section"),
         (
-            ["data.train=[{name: 3dpw, pth: x}]"],
+            ["data.train=[{pth: x}]"],
             r"unknown config key 'data\.train\[0\]\.pth'; did you mean data\.train\[0\]\.path",
         ),
         (
-            ["data.train=[{name: 3dpw, weight: 0}]"],
+            ["data.train=[{path: x, weight: 0}]"],
             r"data\.train\[0\]\.weight=0.0 must be positive",
         ),
         (["optim.lr"], r"not of the form key=value"),
         (["data.crop_size=100"], r"data\.crop_size=100 must be a multiple of 32"),
+        # Derived from the crop size, never set.
+        (["data.heatmap_size=32"], r"unknown config key 'data\.heatmap_size'"),
         (
-            ["data.crop_size=128"],
-            r"data\.heatmap_size=56 must be data\.crop_size // 4 = 32",
+            ["model.attention.enabled=true", "data.crop_size=128"],
+            r"model\.attention\.resolution=28 must divide the heatmap size data\.crop_size // 4 "
+            r"= 32 \(data\.crop_size=128\)",
+        ),
+        (
+            ["model.attention.enabled=true", "model.attention.resolution=112"],
+            r"model\.attention\.resolution=112 must divide .* = 56",
         ),
     ],
 )
 def test_bad_overrides_name_the_key(overrides, pattern):
     with pytest.raises(ConfigError, match=pattern):
         load_config([], overrides)
+
+
+def test_heatmap_size_is_a_quarter_of_the_crop_size():
+    assert load_config().data.heatmap_size == 56
+    assert load_config([], ["data.crop_size=128"]).data.heatmap_size == 32
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["model.attention.enabled=true", "model.attention.resolution=14"],
+        ["model.attention.enabled=true", "model.attention.resolution=56"],
+        ["model.attention.enabled=true", "data.crop_size=128", "model.attention.resolution=0"],
+        ["model.attention.enabled=true", "data.crop_size=128", "model.attention.resolution=16"],
+        # A disabled block's grid is not used, so it is not checked.
+        ["data.crop_size=128"],
+    ],
+)
+def test_attention_resolutions_that_divide_the_heatmap_are_accepted(overrides):
+    load_config([], overrides)
 
 
 def test_bad_yaml_names_the_file_and_key(tmp_path):
@@ -94,7 +121,7 @@ def test_save_and_reload_round_trip(tmp_path):
         [
             "optim.lr=3e-4",
             "logging.tags=[a,b]",
-            "data.train=[{name: 3dpw, path: x, weight: 1.0}]",
+            "data.train=[{path: x, weight: 1.0}]",
         ],
     )
     path = save_config(cfg, tmp_path / "run" / "config.yaml")

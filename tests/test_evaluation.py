@@ -229,7 +229,7 @@ def test_head_size_is_the_head_box_diagonal_in_input_pixels(raw, packed):
         f"mpii_{Path(p.image).stem}_r{p.rect}": p
         for p in read_mpii(raw / "mpii" / "mpii_human_pose_v1_u12_1.mat", Skips())
     }
-    batch = next(iter(eval_loader(shard_urls(str(packed / "mpii_val")), 8, input_size=160)))
+    batch = next(iter(eval_loader(shard_urls(str(packed / "mpii_val")), 8, crop_size=160)))
     for j, key in enumerate(batch["__key__"]):
         person = people[key]
         # The crop's scale from two annotated joints: input pixels per image pixel.

@@ -39,7 +39,14 @@ def fused_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.
 
 
 class PartSelfAttention(nn.Module):
-    """(B, J, H, W) part logits -> (B, J, H, W) corrected part logits."""
+    """(B, J, H, W) part logits -> (B, J, H, W) corrected part logits.
+
+    ``resolution`` r is the side of the grid attention runs on (0: the maps' own H x W). The
+    maps are average-pooled to r x r and the correction is upsampled bilinearly back, so r must
+    not exceed H (pooling up would only repeat tokens) and should divide it: then each token
+    is an equal square of pixels centred where the bilinear upsampling puts it.
+    (pare.config checks both against the crop size.)
+    """
 
     def __init__(
         self,

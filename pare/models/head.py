@@ -1,6 +1,7 @@
 """PARE's head: two unshared branches, part attention pooling, per-part SMPL regression.
 
-Legend: B batch, J = 24 parts, C branch channels, H x W the heatmap grid (56 x 56).
+Legend: B batch, J = 24 parts, C branch channels, S the crop size, H = W = S / 4 the heatmap
+grid (PARE's default: 224 -> 56).
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ def conv_branch(in_channels: int, channels: int, layers: int) -> nn.Sequential:
 
 
 def deconv_branch(in_channels: int, channels: int, layers: int) -> nn.Sequential:
-    """ResNet branch: ``layers`` x [4x4 transposed conv stride 2, BN, ReLU] (7 -> 56 for 3)."""
+    """ResNet branch: ``layers`` x [4x4 transposed conv stride 2, BN, ReLU] (S/32 -> S/4 for 3:
+    7 -> 56 at S = 224)."""
     blocks = []
     for i in range(layers):
         blocks += [
@@ -51,7 +53,8 @@ def deconv_branch(in_channels: int, channels: int, layers: int) -> nn.Sequential
 
 
 class PareHead(nn.Module):
-    """Backbone features -> part logits, per-part rotations, betas and the crop camera."""
+    """Backbone features (B, C_in, H, W) at 1/4 of the crop, or at 1/32 with ``upsample`` ->
+    part logits, per-part rotations, betas and the crop camera (see :meth:`forward`)."""
 
     def __init__(
         self,

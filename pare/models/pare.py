@@ -1,6 +1,7 @@
 """The full model: backbone -> PARE head (optionally with part self-attention) -> SMPL (fp32).
 
-Legend: B batch, J = 24 parts, V = 6890 vertices.
+Legend: B batch, J = 24 parts, V = 6890 vertices, S the crop size (data.crop_size), H = W = S / 4
+the heatmap size (PARE's default: 224 -> 56).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from torch import nn
 from pare.body import build_body_model, load_eval_assets
 from pare.body.joints import unified_from_model
 from pare.geometry import (
-    CROP_SIZE,
+    CAMERA_REFERENCE_SIZE,
     FOCAL_LENGTH,
     perspective_projection,
     rot6d_to_matrix,
@@ -63,18 +64,18 @@ class SMPLLayer(nn.Module):
 
 
 class PARE(nn.Module):
-    """Normalised images (B, 3, 224, 224) -> PARE's predictions, see :meth:`forward`."""
+    """Normalised images (B, 3, S, S) -> PARE's predictions, see :meth:`forward`."""
 
     def __init__(self, backbone: nn.Module, head: PareHead, smpl: SMPLLayer) -> None:
         super().__init__()
         self.backbone, self.head, self.smpl = backbone, head, smpl
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Returns ``part_logits`` (B, 25, 56, 56), ``part_attention`` (B, 24, 56, 56),
+        """Returns ``part_logits`` (B, 25, H, W), ``part_attention`` (B, 24, H, W),
         ``pose_6d`` (B, 24, 6), ``rotmat`` (B, 24, 3, 3), ``betas`` (B, 10), ``camera``
         (B, 3) [s, tx, ty], ``translation`` (B, 3), ``vertices`` (B, 6890, 3), ``joints_3d``
         (B, 24, 3), ``h36m_3d`` (B, 17, 3), ``keypoints_2d`` (B, 22, 2) in [-1, 1] of the crop
-        (the UNIFIED layout). Everything from ``rotmat`` on is fp32."""
+        (the UNIFIED layout), at any crop size. Everything from ``rotmat`` on is fp32."""
         out = self.head(self.backbone(images))
         # The body model, rotations and projection run in fp32 even under autocast: Gram-Schmidt
         # and linear blend skinning lose millimetres in bf16 and overflow in fp16.
@@ -85,7 +86,8 @@ class PARE(nn.Module):
             out.update(self.smpl(out["rotmat"], out["betas"]))
             out["translation"] = weak_perspective_to_translation(out["camera"])
             pixels = perspective_projection(out["unified_3d"], out["translation"], FOCAL_LENGTH)
-            out["keypoints_2d"] = pixels / (CROP_SIZE / 2.0)  # (B, 22, 2)
+            # Pixels on the camera's reference crop -> [-1, 1], whatever the input's size.
+            out["keypoints_2d"] = pixels / (CAMERA_REFERENCE_SIZE / 2.0)  # (B, 22, 2)
         return out
 
 
@@ -94,7 +96,13 @@ def build_model(model_cfg, body_cfg) -> PARE:
     backbone = build_backbone(model_cfg.backbone, model_cfg.backbone_weights)
     att = model_cfg.attention
     attention = (
-        PartSelfAttention(NUM_PARTS, att.dim, att.heads, att.resolution, att.value_proj)
+        PartSelfAttention(
+            num_parts=NUM_PARTS,
+            dim=att.dim,
+            heads=att.heads,
+            resolution=att.resolution,
+            value_proj=att.value_proj,
+        )
         if att.enabled
         else None
     )

@@ -56,11 +56,10 @@ def _config(packed, path):
 model: {{backbone: hrnet_w18_small, branch_channels: 16, branch_layers: 1}}
 data:
   train:
-    - {{name: 3dpw, path: {packed / "3dpw"}, weight: 0.5}}
-    - {{name: mpii, path: {packed / "mpii"}, weight: 0.5}}
-  val: [{{name: 3dpw, path: {packed / "3dpw_val"}, weight: 1.0}}]
+    - {{path: {packed / "3dpw"}, weight: 0.5}}
+    - {{path: {packed / "mpii"}, weight: 0.5}}
+  val: [{{path: {packed / "3dpw_val"}, weight: 1.0}}]
   crop_size: 128
-  heatmap_size: 32
   batch_size: 2
   num_workers: 0
   shuffle_buffer: 10

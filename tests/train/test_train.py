@@ -33,9 +33,9 @@ def _args(packed, out, *extra):
         "model.backbone=hrnet_w18_small",
         "model.branch_channels=32",
         "model.branch_layers=1",
-        f"data.train=[{{name: 3dpw, path: {packed / '3dpw'}, weight: 0.5}}, "
-        f"{{name: mpii, path: {packed / 'mpii'}, weight: 0.5}}]",
-        f"data.val=[{{name: 3dpw, path: {packed / '3dpw_val'}, weight: 1.0}}]",
+        f"data.train=[{{path: {packed / '3dpw'}, weight: 0.5}}, "
+        f"{{path: {packed / 'mpii'}, weight: 0.5}}]",
+        f"data.val=[{{path: {packed / '3dpw_val'}, weight: 1.0}}]",
         "data.batch_size=4",
         "data.num_workers=0",
         "data.shuffle_buffer=20",

@@ -2,10 +2,11 @@
 
 A sample is a dict of encoded members, as stored in a shard:
 
-- ``jpg``: a square crop around the person, ``CROP_CONTEXT`` x the person box, longest side at
-  most ``CROP_MAX`` px and never upscaled (so augmentation has room to rotate and rescale);
-- ``npz`` (numeric only, no pickle): see :data:`NPZ_FIELDS`;
-- ``png``: the 25-class part-label map of the crop at half its resolution (0 background,
+- ``jpg``: the stored crop, a square around the person, ``STORED_CROP_CONTEXT`` x the person
+  box, its side (the stored size) at most ``STORED_CROP_MAX`` px and never upscaled (so
+  augmentation has room to rotate and rescale before it resamples to the network's crop size);
+- ``npz`` (numeric only, no pickle): the stored fields of :data:`pare.data.fields.FIELDS`;
+- ``png``: the 25-class part-label map of the stored crop at half its side (0 background,
   1..24 SMPL part + 1), rendered from the ground-truth mesh; absent when the sample has no SMPL;
 - ``json``: provenance (dataset, split, sequence or image, frame, person).
 """
@@ -23,32 +24,15 @@ import torch
 from PIL import Image
 from scipy.spatial.transform import Rotation
 
-from pare.body.joints import UNIFIED
+from pare.data.fields import NPZ_FIELDS
 from pare.geometry import crop_matrix
 from pare.render import Camera, Mesh, render
 
-CROP_MAX = 320
-CROP_CONTEXT = 2.0
+# The stored crop, not the network input: augmentation resamples it to data.crop_size.
+STORED_CROP_MAX = 320
+STORED_CROP_CONTEXT = 2.0
 BOX_EXTENT = 1.2  # SPIN: box side = 1.2 x the keypoints' extent
 GENDER_CODE = {"neutral": 0, "male": 1, "female": 2}
-
-# name -> (shape, dtype) of every array in a sample's npz.
-NPZ_FIELDS = {
-    "keypoints_2d": ((len(UNIFIED), 3), np.float32),  # crop pixels x, y, confidence (UNIFIED order)
-    "joints_3d": ((24, 3), np.float32),  # SMPL joints, camera frame, metres
-    "h36m_3d": ((17, 3), np.float32),  # H36M-regressed joints, camera frame, metres
-    "pose": ((72,), np.float32),  # SMPL axis-angle, global orientation in the camera frame
-    "betas": ((10,), np.float32),
-    "gender": ((), np.int64),  # 0 neutral, 1 male, 2 female
-    "has_smpl": ((), np.bool_),
-    "has_joints_3d": ((), np.bool_),
-    "is_pseudo_gt": ((), np.bool_),  # SMPL from a fit (EFT), not from measurements
-    "intrinsics": ((3, 3), np.float32),  # camera intrinsics for the crop's pixels (nan if unknown)
-    "crop_box": ((4,), np.float32),  # x0, y0, x1, y1 of the crop in the original image
-    "box_center": ((2,), np.float32),  # person box in the original image ("200 px" convention)
-    "box_scale": ((), np.float32),
-    "head_size": ((), np.float32),  # MPII: 0.6 x head-box diagonal in crop pixels (PCKh); else 0
-}
 
 
 class SampleError(ValueError):
@@ -79,17 +63,19 @@ def box_from_keypoints(keypoints: np.ndarray) -> tuple[np.ndarray, float] | None
 
 @dataclass
 class Crop:
-    matrix: np.ndarray  # (3, 3) image pixels -> crop pixels
-    size: int  # output side in pixels
+    """Where a stored crop comes from in the original image."""
+
+    matrix: np.ndarray  # (3, 3) image pixels -> stored-crop pixels
+    size: int  # the stored size: side of the stored crop in pixels
     box: np.ndarray  # (4,) crop square in the image
 
 
 def crop_for(center: np.ndarray, scale: float) -> Crop:
-    side = CROP_CONTEXT * 200.0 * scale
-    size = int(max(8, min(CROP_MAX, math.floor(side))))  # never upscale
+    side = STORED_CROP_CONTEXT * 200.0 * scale
+    size = int(max(8, min(STORED_CROP_MAX, math.floor(side))))  # never upscale
     m = crop_matrix(
         torch.from_numpy(np.asarray(center, np.float64)[None]),
-        torch.tensor([CROP_CONTEXT * scale], dtype=torch.float64),
+        torch.tensor([STORED_CROP_CONTEXT * scale], dtype=torch.float64),
         size,
     )
     half = side / 2
@@ -164,11 +150,11 @@ def camera_frame_pose(pose: np.ndarray, rotation: np.ndarray) -> np.ndarray:
     return out
 
 
-def label_size(crop_size: int) -> int:
-    """Side of the stored part map: half the crop. The person box is then at least 56 px wide
-    in it whenever the crop is full size, enough for PARE's 56 x 56 supervision, and the PNG
-    decodes four times faster than at crop resolution."""
-    return max(1, (crop_size + 1) // 2)
+def stored_parts_size(stored_size: int) -> int:
+    """Side of the stored part map: half the stored crop's. The person box is then at least
+    80 px wide in it whenever the stored crop is full size (320 px), enough for PARE's 56 x 56
+    heatmap supervision, and the PNG decodes four times faster than at the stored crop's side."""
+    return max(1, (stored_size + 1) // 2)
 
 
 def part_map(
@@ -176,13 +162,12 @@ def part_map(
     faces: np.ndarray,
     labels: np.ndarray,
     intrinsics_crop: np.ndarray,
-    crop_size: int,
+    stored_size: int,
 ) -> np.ndarray:
-    """Render the 25-class part labels of a camera-frame mesh at :func:`label_size` of the crop."""
-    size = label_size(crop_size)
-    k = (
-        np.diag([size / crop_size, size / crop_size, 1.0]) @ intrinsics_crop
-    )  # same view, fewer pixels
+    """Render the 25-class part labels of a camera-frame mesh, seen through the stored crop's
+    intrinsics, at :func:`stored_parts_size` of the stored crop."""
+    size = stored_parts_size(stored_size)
+    k = np.diag([size / stored_size, size / stored_size, 1.0]) @ intrinsics_crop  # fewer pixels
     return render(
         [Mesh(vertices_cam, faces, labels)], Camera(k, np.eye(3), np.zeros(3), size, size)
     ).parts

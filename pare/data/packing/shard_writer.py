@@ -28,8 +28,14 @@ import torch
 from tqdm import tqdm
 
 from pare.body.joints import UNIFIED
+from pare.data.fields import NPZ_FIELDS
 from pare.data.packing.readers import Skips
-from pare.data.packing.samples import BOX_EXTENT, CROP_CONTEXT, CROP_MAX, NPZ_FIELDS, SampleError
+from pare.data.packing.samples import (
+    BOX_EXTENT,
+    STORED_CROP_CONTEXT,
+    STORED_CROP_MAX,
+    SampleError,
+)
 from pare.io_utils import write_json_atomic
 
 SCHEMA_VERSION = 1
@@ -464,8 +470,8 @@ def write_manifest(
         "skipped_examples": skips.examples,
         "keypoint_layout": list(UNIFIED),
         "crop": {
-            "context": CROP_CONTEXT,
-            "max_size": CROP_MAX,
+            "context": STORED_CROP_CONTEXT,
+            "max_size": STORED_CROP_MAX,
             "box_extent": BOX_EXTENT,
             "convention": "200px",
         },

@@ -12,7 +12,8 @@ import numpy as np
 import simplejpeg
 from PIL import Image
 
-from pare.data.packing.samples import NPZ_FIELDS, label_size
+from pare.data.fields import NPZ_FIELDS
+from pare.data.packing.samples import stored_parts_size
 from pare.data.packing.shard_writer import MANIFEST
 
 
@@ -93,7 +94,7 @@ def _check_sample(members: dict[str, bytes]) -> list[str]:
         return [f"npz does not load ({e})"]
     if "png" in members:
         parts = np.asarray(Image.open(io.BytesIO(members["png"])))
-        expected = (label_size(image.shape[0]), label_size(image.shape[1]))
+        expected = (stored_parts_size(image.shape[0]), stored_parts_size(image.shape[1]))
         if parts.shape != expected or parts.max() > 24:
             problems.append(
                 f"png part map {parts.shape} (max {parts.max()}) does not fit the {image.shape[:2]} crop"

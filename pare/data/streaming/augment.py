@@ -4,7 +4,10 @@ Everything that describes the person moves together: image, 2D keypoints, part l
 pose, 3D joints and crop intrinsics. One affine map (scale, rotation, translation) takes the
 stored crop to the model input; a horizontal flip mirrors the result and swaps left and right.
 
-Conventions: the stored crop is square, side S, with the person box (side S / 2) centred in it.
+Sizes: the stored crop (from the shard) is square with side ``stored_size``, the person box
+(side stored_size / 2) centred in it; the model input has side ``crop_size`` (S) and the part
+labels ``heatmap_size`` (H = S / 4).
+
 Rotation is counter-clockwise on screen by ``rotation_deg``; with image y pointing down this is a
 rotation of the camera-frame body about the optical axis by the negative angle.
 """
@@ -88,7 +91,7 @@ def draw_params(rng: np.random.Generator, cfg) -> AugmentParams:
 
 
 def input_matrix(
-    stored_size: int, out_size: int, params: AugmentParams, region: tuple | None = None
+    stored_size: int, crop_size: int, params: AugmentParams, region: tuple | None = None
 ) -> np.ndarray:
     """(3, 3) map from stored-crop pixels to model-input pixels (before the flip). ``region``
     (cx, cy, side) replaces the person box, e.g. for an extreme crop."""
@@ -98,11 +101,11 @@ def input_matrix(
     box = side * params.scale
     cx = cx0 + params.shift[0] * side
     cy = cy0 + params.shift[1] * side
-    k = out_size / box
+    k = crop_size / box
     theta = -math.radians(params.rotation_deg)  # y down: counter-clockwise on screen
     c, s = math.cos(theta), math.sin(theta)
     a = np.array([[k * c, -k * s], [k * s, k * c]])
-    t = out_size / 2.0 - a @ [cx, cy]
+    t = crop_size / 2.0 - a @ [cx, cy]
     return np.array([[a[0, 0], a[0, 1], t[0]], [a[1, 0], a[1, 1], t[1]], [0, 0, 1.0]])
 
 
@@ -164,11 +167,14 @@ def flip_pose(pose: np.ndarray) -> np.ndarray:
     return p.reshape(72)
 
 
-def augment(sample: dict, params: AugmentParams, out_size: int = 224, label_size: int = 56) -> dict:
+def augment(
+    sample: dict, params: AugmentParams, crop_size: int = 224, heatmap_size: int = 56
+) -> dict:
     """Apply ``params`` to a decoded sample (see :func:`pare.data.streaming.stream.decode_sample`).
 
-    Returns new arrays: ``image`` (out, out, 3) uint8, ``part_labels`` (label, label) uint8,
-    ``keypoints_2d`` in input pixels, and the SMPL, 3D joints and intrinsics moved accordingly.
+    Returns new arrays: ``image`` (S, S, 3) uint8 for S = ``crop_size``, ``part_labels`` (H, H)
+    uint8 for H = ``heatmap_size``, ``keypoints_2d`` in input pixels, and the SMPL, 3D joints
+    and intrinsics moved accordingly.
     """
     image = sample["image"]
     region = (
@@ -176,21 +182,18 @@ def augment(sample: dict, params: AugmentParams, out_size: int = 224, label_size
         if params.extreme
         else None
     )
-    m = input_matrix(image.shape[0], out_size, params, region)
+    m = input_matrix(image.shape[0], crop_size, params, region)
     out = dict(sample)
-    out["image"] = _warp_image(image, m, out_size, params.rotation_deg == 0)
+    out["image"] = _warp_image(image, m, crop_size, params.rotation_deg == 0)
     if sample.get("parts") is not None:
-        stored = (
-            image.shape[0] / sample["parts"].shape[0]
-        )  # part maps are stored at lower resolution
-        label_m = (
-            np.diag([label_size / out_size, label_size / out_size, 1.0])
-            @ m
-            @ np.diag([stored, stored, 1.0])
-        )
-        out["part_labels"] = _warp(sample["parts"], label_m, label_size, Image.Resampling.NEAREST)
+        # Stored part map -> stored crop -> input -> heatmap: the part map is stored at a lower
+        # resolution than its crop.
+        up = image.shape[0] / sample["parts"].shape[0]
+        down = heatmap_size / crop_size
+        label_m = np.diag([down, down, 1.0]) @ m @ np.diag([up, up, 1.0])
+        out["part_labels"] = _warp(sample["parts"], label_m, heatmap_size, Image.Resampling.NEAREST)
     else:
-        out["part_labels"] = np.zeros((label_size, label_size), np.uint8)
+        out["part_labels"] = np.zeros((heatmap_size, heatmap_size), np.uint8)
     kp = sample["keypoints_2d"].copy()
     present = kp[:, 2] > 0
     kp[:, :2] = kp[:, :2] @ m[:2, :2].T + m[:2, 2]
@@ -205,7 +208,7 @@ def augment(sample: dict, params: AugmentParams, out_size: int = 224, label_size
     joints, h36m = sample["joints_3d"] @ rz.T, sample["h36m_3d"] @ rz.T
     # Intrinsics of the input: the scale and shift of m (its rotation went into the body).
     k = sample["intrinsics"]
-    scale = out_size / ((region[2] if region is not None else image.shape[0] / 2.0) * params.scale)
+    scale = crop_size / ((region[2] if region is not None else image.shape[0] / 2.0) * params.scale)
     centre = m[:2, :2] @ k[:2, 2] + m[:2, 2]
     intrinsics = np.array(
         [[k[0, 0] * scale, 0, centre[0]], [0, k[1, 1] * scale, centre[1]], [0, 0, 1.0]]
@@ -220,7 +223,7 @@ def augment(sample: dict, params: AugmentParams, out_size: int = 224, label_size
     if "head_size" in sample:  # a length: scaled by the similarity's scale
         out["head_size"] = float(sample["head_size"]) * math.sqrt(abs(np.linalg.det(m[:2, :2])))
     out["image"] = np.ascontiguousarray(out["image"])
-    return flip(out, out_size) if params.flip else out
+    return flip(out, crop_size) if params.flip else out
 
 
 def flip(sample: dict, size: int) -> dict:

@@ -33,15 +33,16 @@ from PIL import Image
 from torch.utils.data import IterableDataset, get_worker_info
 from webdataset.gopen import gopen_schemes
 
+from pare.data.fields import BATCH_FIELDS
 from pare.data.streaming.augment import AugmentParams, augment, draw_params
 from pare.data.streaming.batch import collate
 
 
 @dataclass
-class Source:
-    """One dataset of the mix: a name, shard URLs and a weight."""
+class ShardSource:
+    """One dataset of the mix, resolved: its shard URLs and its sampling weight (the config's
+    :class:`pare.config.DatasetSource` before its path is expanded)."""
 
-    name: str
     urls: list[str]
     weight: float = 1.0
 
@@ -113,7 +114,8 @@ def _seed(*parts: int) -> int:
 
 
 def decode_sample(raw: dict) -> dict:
-    """Shard members -> arrays: ``image`` (S, S, 3) uint8, ``parts`` (S, S) or None, npz fields."""
+    """Shard members -> arrays: ``image`` (s, s, 3) uint8 for the stored size s, ``parts``
+    (s/2, s/2) uint8 or None, and the npz fields."""
     image = simplejpeg.decode_jpeg(raw["jpg"], colorspace="RGB", fastdct=True, fastupsample=True)
     sample = {"__key__": raw["__key__"], "image": image}
     sample["parts"] = np.asarray(Image.open(io.BytesIO(raw["png"]))) if "png" in raw else None
@@ -171,26 +173,22 @@ def _np_load(data: bytes) -> dict[str, np.ndarray]:
 
 
 def to_item(sample: dict, dataset_index: int) -> dict:
-    """An augmented sample -> the per-sample arrays of the batch contract."""
-    return {
+    """An augmented sample -> the per-sample arrays of the batch contract
+    (:data:`pare.data.fields.BATCH_FIELDS`); raises KeyError for a missing required field."""
+    made = {
         "__key__": sample["__key__"],
-        "image": sample["image"],
-        "part_labels": sample["part_labels"],
-        "keypoints_2d": sample["keypoints_2d"],
-        "joints_3d": sample["joints_3d"],
-        "h36m_3d": sample["h36m_3d"],
-        "pose": sample["pose"],
-        "betas": sample["betas"],
-        "gender": sample["gender"],
-        "intrinsics": sample["intrinsics"],
-        "has_smpl": sample["has_smpl"],
-        "has_joints_3d": sample["has_joints_3d"],
         "has_part_labels": sample.get("parts") is not None,
-        "is_pseudo_gt": sample["is_pseudo_gt"],
         "dataset": dataset_index,
-        # 0.6 x head-box diagonal, for PCKh (MPII only; shards packed before it have none).
-        "head_size": float(sample.get("head_size", 0.0)),
     }
+    item = {"__key__": made["__key__"]}
+    for field in BATCH_FIELDS:
+        if field.name in made:
+            item[field.name] = made[field.name]
+        elif field.default is not None:  # shards packed before the field existed lack it
+            item[field.name] = sample.get(field.name, field.default)
+        else:
+            item[field.name] = sample[field.name]
+    return item
 
 
 class DecodeAugment:
@@ -201,12 +199,12 @@ class DecodeAugment:
         augment_cfg,
         dataset_index: int,
         seed: int,
-        input_size: int,
-        label_size: int,
+        crop_size: int,
+        heatmap_size: int,
         train: bool,
     ):
         self.cfg, self.index, self.seed = augment_cfg, dataset_index, seed
-        self.input_size, self.label_size, self.train = input_size, label_size, train
+        self.crop_size, self.heatmap_size, self.train = crop_size, heatmap_size, train
         self._rng: np.random.Generator | None = None
 
     def __call__(self, raw: dict) -> dict:
@@ -215,7 +213,7 @@ class DecodeAugment:
             self._rng = np.random.default_rng(_seed(self.seed, rank, _worker()[0], self.index))
         sample = decode_sample(raw)
         params = draw_params(self._rng, self.cfg) if self.train else AugmentParams()
-        return to_item(augment(sample, params, self.input_size, self.label_size), self.index)
+        return to_item(augment(sample, params, self.crop_size, self.heatmap_size), self.index)
 
 
 class _WorkerSeed:
@@ -242,7 +240,7 @@ def _samples_from_shards(cache_dir: str) -> list:
     ]
 
 
-def _dataset_pipeline(source: Source, index: int, cfg, seed: int) -> wds.DataPipeline:
+def _dataset_pipeline(source: ShardSource, index: int, cfg, seed: int) -> wds.DataPipeline:
     return wds.DataPipeline(
         wds.ResampledShards(
             source.urls, seed=seed, worker_seed=_WorkerSeed(seed), deterministic=True
@@ -273,13 +271,13 @@ class WeightedMix(IterableDataset):
             yield next(iterators[rng.choice(len(iterators), p=probs)])
 
 
-def sources_from_config(entries) -> list[Source]:
-    """``data.train`` / ``data.val`` entries ({name, path, weight}) -> stream sources."""
-    return [Source(e.name, shard_urls(e.path), e.weight) for e in entries]
+def sources_from_config(entries) -> list[ShardSource]:
+    """``data.train`` / ``data.val`` entries ({path, weight}) -> stream sources."""
+    return [ShardSource(shard_urls(e.path), e.weight) for e in entries]
 
 
 def train_loader(
-    sources: list[Source], cfg, steps_per_epoch: int, epoch: int = 0, seed: int = 0
+    sources: list[ShardSource], cfg, steps_per_epoch: int, epoch: int = 0, seed: int = 0
 ) -> wds.WebLoader:
     """Endless resampled mix, cut to exactly ``steps_per_epoch`` batches on every rank.
 
@@ -305,10 +303,14 @@ class EvalSamples(IterableDataset):
     """Each sample of ``urls`` exactly once across ranks and workers (slot = index mod total)."""
 
     def __init__(
-        self, urls: list[str], input_size: int = 224, label_size: int = 56, dataset_index: int = 0
+        self,
+        urls: list[str],
+        crop_size: int = 224,
+        heatmap_size: int = 56,
+        dataset_index: int = 0,
     ) -> None:
         self.urls = urls
-        self.convert = DecodeAugment(None, dataset_index, 0, input_size, label_size, train=False)
+        self.convert = DecodeAugment(None, dataset_index, 0, crop_size, heatmap_size, train=False)
 
     def __iter__(self):
         rank, world = rank_and_world()
@@ -324,10 +326,12 @@ def eval_loader(
     urls: list[str],
     batch_size: int,
     num_workers: int = 0,
-    input_size: int = 224,
-    label_size: int = 56,
+    crop_size: int = 224,
+    heatmap_size: int = 56,
 ) -> torch.utils.data.DataLoader:
-    dataset = EvalSamples(urls, input_size, label_size)
+    """Batches of every sample of ``urls`` once (see :class:`EvalSamples`), unaugmented, images
+    (B, 3, S, S) for S = ``crop_size`` and part labels (B, H, H) for H = ``heatmap_size``."""
+    dataset = EvalSamples(urls, crop_size, heatmap_size)
     return torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate
     )

@@ -10,7 +10,7 @@ import torch
 from accelerate import Accelerator
 
 from pare.config import load_config
-from pare.data.streaming.stream import Source, eval_loader, shard_urls, train_loader
+from pare.data.streaming.stream import ShardSource, eval_loader, shard_urls, train_loader
 from pare.distributed import gather_per_sample
 
 
@@ -22,8 +22,8 @@ def main() -> None:
         [], ["data.batch_size=4", "data.num_workers=2", "data.shuffle_buffer=20"]
     ).data
     sources = [
-        Source("3dpw", shard_urls(str(shards / "3dpw"))[:n_train], 0.5),
-        Source("mpii", shard_urls(str(shards / "mpii")), 0.5),
+        ShardSource(shard_urls(str(shards / "3dpw"))[:n_train], 0.5),
+        ShardSource(shard_urls(str(shards / "mpii")), 0.5),
     ]
     count = 0
     for batch in train_loader(sources, cfg, steps_per_epoch=steps, epoch=0, seed=1):

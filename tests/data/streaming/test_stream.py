@@ -12,7 +12,7 @@ import pytest
 from pare.config import load_config
 from pare.data.streaming.batch import check_batch, normalize_images
 from pare.data.streaming.stream import (
-    Source,
+    ShardSource,
     StreamState,
     WeightedMix,
     eval_loader,
@@ -34,8 +34,8 @@ def _cfg(**overrides):
 
 def _sources(packed):
     return [
-        Source("3dpw", shard_urls(str(packed / "3dpw")), 0.6),
-        Source("mpii", shard_urls(str(packed / "mpii")), 0.4),
+        ShardSource(shard_urls(str(packed / "3dpw")), 0.6),
+        ShardSource(shard_urls(str(packed / "mpii")), 0.4),
     ]
 
 
@@ -100,10 +100,10 @@ def test_eval_covers_every_sample_once_on_2_ranks_x_2_workers(packed, monkeypatc
 
 def test_pipe_urls_stream_too_and_can_be_cached(packed, tmp_path):
     urls = [f"pipe:cat {u}" for u in shard_urls(str(packed / "mpii"))]
-    batch = next(iter(train_loader([Source("mpii", urls)], _cfg(), steps_per_epoch=1)))
+    batch = next(iter(train_loader([ShardSource(urls)], _cfg(), steps_per_epoch=1)))
     check_batch(batch)
     cache = tmp_path / "cache"
-    loader = train_loader([Source("mpii", urls)], _cfg(cache_dir=str(cache)), steps_per_epoch=2)
+    loader = train_loader([ShardSource(urls)], _cfg(cache_dir=str(cache)), steps_per_epoch=2)
     check_batch(next(iter(loader)))
     assert list(cache.rglob("*.tar"))  # remote shards were copied into the cache
 
@@ -118,7 +118,7 @@ def test_fsspec_urls_stream_manifest_and_shards(packed):
         fs.pipe(f"/bucket/mpii/{shard['url']}", (folder / shard["url"]).read_bytes())
     urls = shard_urls("memory://bucket/mpii")
     assert urls and all(u.startswith("memory://bucket/mpii/") for u in urls)
-    batch = next(iter(train_loader([Source("mpii", urls)], _cfg(), steps_per_epoch=1)))
+    batch = next(iter(train_loader([ShardSource(urls)], _cfg(), steps_per_epoch=1)))
     check_batch(batch)
     seen = [k for b in eval_loader(urls, batch_size=4) for k in b["__key__"]]
     assert sorted(seen) == sorted(_manifest_keys(folder))
@@ -137,9 +137,9 @@ def test_gathering_per_sample_results_refuses_double_counting():
 
 
 def test_sources_from_config(packed):
-    cfg = load_config([], [f"data.train=[{{name: a, path: {packed / 'mpii'}, weight: 2.0}}]"]).data
+    cfg = load_config([], [f"data.train=[{{path: {packed / 'mpii'}, weight: 2.0}}]"]).data
     (source,) = sources_from_config(cfg.train)
-    assert source.name == "a" and source.weight == 2.0
+    assert source.weight == 2.0
     assert source.urls == shard_urls(str(packed / "mpii"))
 
 
