@@ -30,7 +30,6 @@ from pare.render import Camera, Mesh, render
 CROP_MAX = 320
 CROP_CONTEXT = 2.0
 BOX_EXTENT = 1.2  # SPIN: box side = 1.2 x the keypoints' extent
-GENDER_CODE = {"neutral": 0, "male": 1, "female": 2}
 
 # name -> (shape, dtype) of every array in a sample's npz.
 NPZ_FIELDS = {
