@@ -37,14 +37,12 @@ def _check_choice(section: str, name: str, value: Any, choices: tuple) -> None:
 
 @dataclass
 class BodyConfig:
-    """Which SMPL files to use: a folder of SMPL_{NEUTRAL,MALE,FEMALE}.{pkl,npz}, or 'standin'."""
+    """Which SMPL files to use: a folder of SMPL_{NEUTRAL,MALE,FEMALE}.{pkl,npz}, or 'standin'.
+
+    The model predicts the neutral body with 10 betas; evaluation and packing pick each sample's
+    gendered body from its data, so neither is a setting."""
 
     model_path: str = "standin"
-    gender: str = "neutral"
-    num_betas: int = 10
-
-    def __post_init__(self) -> None:
-        _check_choice("body", "gender", self.gender, ("neutral", "male", "female"))
 
 
 @dataclass

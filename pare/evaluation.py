@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pare.body import build_body_model, load_eval_assets
+from pare.body import SMPLBody
 from pare.body.joints import H36M_TO_EVAL14, MPII_16, UNIFIED, mapping
 from pare.data.streaming.batch import normalize_images
 from pare.distributed import gather_objects, gather_per_sample
@@ -31,7 +31,6 @@ from pare.metrics import (
     similarity_align,
 )
 
-GENDERS = ("neutral", "male", "female")  # the batch's gender codes 0, 1, 2
 METRICS = ("mpjpe", "pa_mpjpe", "pve", "pck50", "auc")
 UNITS = {"mpjpe": "mm", "pa_mpjpe": "mm", "pve": "mm", "pck50": "%", "auc": "%"}
 AUC_THRESHOLDS_M = [t / 1000.0 for t in range(200)]
@@ -40,41 +39,6 @@ AUC_THRESHOLDS_M = [t / 1000.0 for t in range(200)]
 def metric_key(name: str) -> str:
     """The logged name of a metric, with its unit: ``pa_mpjpe_mm``, ``pck50_pct``."""
     return f"{name}_{'pct' if UNITS[name] == '%' else UNITS[name]}"
-
-
-class GroundTruthBodies(nn.Module):
-    """Ground-truth meshes from (pose, betas, gender), one smplx model per gender."""
-
-    def __init__(self, model_path: str = "standin") -> None:
-        super().__init__()
-        self.models = nn.ModuleList(
-            build_body_model(
-                model_path,
-                g,
-                create_betas=False,
-                create_global_orient=False,
-                create_body_pose=False,
-                create_transl=False,
-            )
-            for g in GENDERS
-        )
-        h36m = torch.as_tensor(load_eval_assets(model_path).h36m_regressor, dtype=torch.float32)
-        self.register_buffer("h36m_regressor", h36m)  # (17, V)
-
-    @torch.no_grad()
-    def forward(self, pose: torch.Tensor, betas: torch.Tensor, gender: torch.Tensor) -> dict:
-        vertices = torch.zeros(len(pose), self.h36m_regressor.shape[1], 3, device=pose.device)
-        for code, model in enumerate(self.models):
-            chosen = gender == code
-            if chosen.any():
-                out = model(
-                    betas=betas[chosen],
-                    global_orient=pose[chosen, :3],
-                    body_pose=pose[chosen, 3:],
-                )
-                vertices[chosen] = out.vertices
-        h36m = torch.einsum("jv,bvc->bjc", self.h36m_regressor, vertices)  # (B, 17, 3)
-        return {"vertices": vertices, "h36m_3d": h36m}
 
 
 def sample_errors(pred: dict, gt: dict) -> dict[str, np.ndarray]:
@@ -99,7 +63,7 @@ def sample_errors(pred: dict, gt: dict) -> dict[str, np.ndarray]:
 def evaluate(
     model: nn.Module,
     loader,
-    gt_bodies: GroundTruthBodies,
+    gt_bodies: SMPLBody,
     device,
     extra: Callable[[dict, dict], dict[str, np.ndarray]] | None = None,
 ) -> dict:
@@ -235,7 +199,7 @@ def mean_training_pose(loader) -> tuple[torch.Tensor, torch.Tensor]:
 class ConstantPrediction(nn.Module):
     """A 'model' that predicts the same SMPL body for every image (the mean-pose baseline)."""
 
-    def __init__(self, rotmat: torch.Tensor, betas: torch.Tensor, smpl: nn.Module) -> None:
+    def __init__(self, rotmat: torch.Tensor, betas: torch.Tensor, smpl: SMPLBody) -> None:
         super().__init__()
         self.register_buffer("rotmat", rotmat)  # (24, 3, 3)
         self.register_buffer("betas", betas)  # (10,)

@@ -87,13 +87,13 @@ def test_sample_errors_against_a_loop():
 
 
 def _ground_truth(n=6, seed=0):
-    from pare.evaluation import GroundTruthBodies
+    from pare.body import SMPLBody
 
     g = torch.Generator().manual_seed(seed)
     pose = 0.3 * torch.randn(n, 72, generator=g)
     betas = torch.randn(n, 10, generator=g)
     gender = torch.arange(n) % 3
-    return GroundTruthBodies("standin")(pose, betas, gender)
+    return SMPLBody("standin")(pose, betas, gender)
 
 
 def _about_pelvis(gt, fn):

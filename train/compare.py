@@ -24,10 +24,11 @@ from pathlib import Path
 
 import torch
 
+from pare.body import SMPLBody
 from pare.checkpoint import DONE_MARKER, export_weights, load_weights
 from pare.config import ConfigError, load_config
 from pare.data.streaming.stream import eval_loader, shard_urls
-from pare.evaluation import GroundTruthBodies, evaluate
+from pare.evaluation import evaluate
 from pare.io_utils import write_bytes_atomic, write_json_atomic
 from pare.launch import accelerate_launch_command, run_entry_point
 from pare.models import build_model
@@ -103,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
             urls, data.batch_size, data.num_workers, data.crop_size, data.heatmap_size
         )
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        gt_bodies = GroundTruthBodies(run_cfg.body.model_path).to(device)
+        gt_bodies = SMPLBody(run_cfg.body.model_path).to(device)
         metrics = evaluate(model.to(device), loader, gt_bodies, device)
         results[variant] = metrics["mean"] | {
             "samples": len(metrics["keys"]),

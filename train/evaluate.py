@@ -21,6 +21,7 @@ import json
 import sys
 from pathlib import Path
 
+from pare.body import SMPLBody
 from pare.checkpoint import load_weights, resolve_checkpoint
 from pare.config import ConfigError, load_config
 from pare.data.streaming.stream import eval_loader, shard_urls
@@ -28,7 +29,6 @@ from pare.evaluation import (
     METRICS,
     UNITS,
     ConstantPrediction,
-    GroundTruthBodies,
     evaluate,
     evaluate_pckh,
     mean_training_pose,
@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     truth = ground_truth_frames(args.dataset_root, args.split) if args.dataset_root else None
     report: dict = {"weights": str(weights), "shards": list(shards), "3dpw": {}}
     if urls_3dpw:
-        gt_bodies = GroundTruthBodies(cfg.body.model_path).to(device)
+        gt_bodies = SMPLBody(cfg.body.model_path).to(device)
         for label, m in models.items():
             extra = export_fields if m is model and args.export_3dpw else None
             result = evaluate(m, loader(urls_3dpw), gt_bodies, device, extra)

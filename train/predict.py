@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     model = build_model(cfg.model, cfg.body)
     load_weights(model, weights)
     model.to(device).eval()
-    faces = model.smpl.smpl.faces.astype(np.int64)
+    faces = model.smpl.faces
     size = cfg.data.crop_size
     people_file = read_people_file(args.people) if args.people else {}
     args.out.mkdir(parents=True, exist_ok=True)

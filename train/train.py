@@ -21,13 +21,13 @@ import time
 from itertools import islice
 from pathlib import Path
 
-import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
+from pare.body import SMPLBody
 from pare.checkpoint import (
     DONE_MARKER,
     TRAINER_STATE,
@@ -46,7 +46,7 @@ from pare.data.streaming.stream import (
     train_loader,
 )
 from pare.distributed import broadcast_buffers, parameters_in_sync
-from pare.evaluation import GroundTruthBodies, evaluate, metric_key
+from pare.evaluation import evaluate, metric_key
 from pare.io_utils import write_json_atomic
 from pare.launch import LaunchError, StopRequest, check_launch, peak_memory_mb, run_entry_point
 from pare.losses import pare_loss
@@ -130,8 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     sources = sources_from_config(cfg.data.train)
     val_urls = [u for entry in cfg.data.val for u in shard_urls(entry.path)]
-    gt_bodies = GroundTruthBodies(cfg.body.model_path).to(device)
-    faces = accelerator.unwrap_model(model).smpl.smpl.faces.astype(np.int64)
+    gt_bodies = SMPLBody(cfg.body.model_path).to(device)
+    faces = accelerator.unwrap_model(model).smpl.faces
 
     # ------------------------------------------------------------------ resume
     state, stream = TrainState(), StreamState(seed=tc.seed)

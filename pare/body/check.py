@@ -20,7 +20,13 @@ import torch
 from PIL import Image, ImageDraw
 
 from pare.body.joints import SMPL_24
-from pare.body.model import STANDIN, build_body_model, load_eval_assets, resolve_model_file
+from pare.body.model import (
+    GENDERS,
+    STANDIN,
+    build_body_model,
+    load_eval_assets,
+    resolve_model_file,
+)
 from pare.body.standin import REST_JOINTS
 from pare.io_utils import atomic_open
 
@@ -90,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--model-path", default=STANDIN, help="'standin', a folder, or a .pkl/.npz file"
     )
-    parser.add_argument("--gender", default="neutral", choices=("neutral", "male", "female"))
+    parser.add_argument("--gender", default="neutral", choices=GENDERS)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--out", type=Path, default=Path("runs/body_check"))
     args = parser.parse_args(argv)

@@ -21,6 +21,8 @@ from pare.body import standin
 from pare.body.smpl_io import SMPL_SOURCE_HINT, read_smpl_file
 
 GENDERS = ("neutral", "male", "female")
+# A batch or a shard stores a gender as its index in GENDERS.
+GENDER_CODE = {g: code for code, g in enumerate(GENDERS)}
 STANDIN = "standin"
 
 # Gendered stand-ins: the neutral template moved along its own shape directions.

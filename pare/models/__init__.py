@@ -3,13 +3,12 @@
 from pare.models.attention import PartSelfAttention, fused_attention, naive_attention
 from pare.models.backbones import build_backbone, load_backbone_weights, map_checkpoint_keys
 from pare.models.head import PareHead
-from pare.models.pare import PARE, SMPLLayer, build_model
+from pare.models.pare import PARE, build_model
 
 __all__ = [
     "PARE",
     "PareHead",
     "PartSelfAttention",
-    "SMPLLayer",
     "build_backbone",
     "build_model",
     "fused_attention",

@@ -11,8 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pare.body import build_body_model, load_eval_assets
-from pare.body.joints import unified_from_model
+from pare.body import SMPLBody
 from pare.geometry import (
     CAMERA_REFERENCE_SIZE,
     FOCAL_LENGTH,
@@ -25,48 +24,10 @@ from pare.models.backbones import build_backbone
 from pare.models.head import NUM_PARTS, PareHead, set_mean_params
 
 
-class SMPLLayer(nn.Module):
-    """smplx SMPL as a fixed layer: no learnable pose/shape parameters of its own, and buffers
-    kept out of checkpoints (a checkpoint then loads onto the stand-in or the real model)."""
-
-    def __init__(self, model_path: str = "standin", num_betas: int = 10) -> None:
-        super().__init__()
-        self.smpl = build_body_model(
-            model_path,
-            "neutral",
-            num_betas=num_betas,
-            create_betas=False,
-            create_global_orient=False,
-            create_body_pose=False,
-            create_transl=False,
-        )
-        self.is_standin = self.smpl.is_standin
-        for module in self.smpl.modules():
-            for name, buffer in list(module.named_buffers(recurse=False)):
-                module.register_buffer(name, buffer, persistent=False)
-        h36m = torch.as_tensor(load_eval_assets(model_path).h36m_regressor, dtype=torch.float32)
-        self.register_buffer("h36m_regressor", h36m, persistent=False)  # (17, V)
-
-    def forward(self, rotmat: torch.Tensor, betas: torch.Tensor) -> dict[str, torch.Tensor]:
-        out = self.smpl(
-            betas=betas,
-            global_orient=rotmat[:, :1],
-            body_pose=rotmat[:, 1:],
-            pose2rot=False,
-        )
-        h36m = torch.einsum("jv,bvc->bjc", self.h36m_regressor, out.vertices)  # (B, 17, 3)
-        return {
-            "vertices": out.vertices,  # (B, V, 3)
-            "joints_3d": out.joints[:, :NUM_PARTS],  # (B, 24, 3)
-            "h36m_3d": h36m,
-            "unified_3d": unified_from_model(out.joints, h36m),  # (B, 22, 3)
-        }
-
-
 class PARE(nn.Module):
     """Normalised images (B, 3, S, S) -> PARE's predictions, see :meth:`forward`."""
 
-    def __init__(self, backbone: nn.Module, head: PareHead, smpl: SMPLLayer) -> None:
+    def __init__(self, backbone: nn.Module, head: PareHead, smpl: SMPLBody) -> None:
         super().__init__()
         self.backbone, self.head, self.smpl = backbone, head, smpl
 
@@ -116,7 +77,8 @@ def build_model(model_cfg, body_cfg) -> PARE:
     )
     if model_cfg.mean_params:
         set_mean_params(head, model_cfg.mean_params)
-    model = PARE(backbone, head, SMPLLayer(body_cfg.model_path, body_cfg.num_betas))
+    # The neutral body alone: the head predicts no gender. Its buffers stay out of checkpoints.
+    model = PARE(backbone, head, SMPLBody(body_cfg.model_path, genders=("neutral",)))
     if model_cfg.init_weights:
         load_initial_weights(model, model_cfg.init_weights)
     return model

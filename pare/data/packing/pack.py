@@ -10,6 +10,7 @@ import numpy as np
 import simplejpeg
 from scipy.spatial.transform import Rotation
 
+from pare.body import GENDER_CODE, SMPLBody
 from pare.body.joints import MPII_16, OPENPOSE_18, to_unified
 from pare.data.packing.readers import (
     DatasetLayoutError,
@@ -22,7 +23,6 @@ from pare.data.packing.readers import (
     threedpw_sequence_files,
 )
 from pare.data.packing.samples import (
-    GENDER_CODE,
     SampleError,
     box_from_keypoints,
     camera_frame_pose,
@@ -42,7 +42,6 @@ from pare.data.packing.shard_writer import (
     write_shards,
     write_slice,
 )
-from pare.data.synthetic.scene import BodyModels
 
 log = logging.getLogger(__name__)
 JPEG_QUALITY = 95
@@ -59,7 +58,7 @@ class ThreeDPWBuilder:
     """Builds 3DPW samples in a worker: camera-frame SMPL, joints, crop and part labels."""
 
     def __init__(self, body_model: str) -> None:
-        self.bodies = BodyModels(body_model)
+        self.bodies = SMPLBody(body_model)
 
     def __call__(self, rec: PersonFrame3DPW) -> dict[str, bytes]:
         box = box_from_keypoints(rec.keypoints)
@@ -67,7 +66,7 @@ class ThreeDPWBuilder:
             raise SampleError("too_few_keypoints", f"{rec.sequence}/{rec.actor}/{rec.frame}")
         crop = crop_for(*box)
         image = decode_crop(_read_image(rec.image), crop, str(rec.image))
-        body = self.bodies.forward(rec.gender, rec.betas, rec.pose[None], rec.trans[None])
+        body = self.bodies.posed_numpy(rec.gender, rec.betas, rec.pose[None], rec.trans[None])
         rot, t = rec.cam_pose[:3, :3], rec.cam_pose[:3, 3]
         to_cam = lambda x: x[0] @ rot.T + t  # noqa: E731 - (N, 3) world -> camera
         k_crop = crop.matrix @ rec.intrinsics
@@ -78,8 +77,8 @@ class ThreeDPWBuilder:
             "keypoints_2d": transform_keypoints(
                 to_unified(rec.keypoints, OPENPOSE_18), crop.matrix
             ),
-            "joints_3d": to_cam(body["joints"]),
-            "h36m_3d": to_cam(body["h36m"]),
+            "joints_3d": to_cam(body["joints_3d"]),
+            "h36m_3d": to_cam(body["h36m_3d"]),
             "pose": camera_frame_pose(rec.pose, rot),
             "betas": rec.betas,
             "gender": GENDER_CODE[rec.gender],
@@ -139,7 +138,7 @@ class MPIIBuilder:
     def __init__(self, root: str, body_model: str, eft: str | None) -> None:
         self.root = Path(root)
         self.eft = read_eft(Path(eft)) if eft else {}
-        self.bodies = BodyModels(body_model) if eft else None
+        self.bodies = SMPLBody(body_model) if eft else None
 
     def __call__(self, person: PersonMPII) -> dict[str, bytes]:
         # MPII's objpos sits on the torso and scale is height / 200; SPIN widens it by 1.25.
@@ -187,7 +186,7 @@ class MPIIBuilder:
         pose = Rotation.from_matrix(rot).as_rotvec().reshape(72)
         betas = np.asarray(fit["parm_shape"], dtype=np.float64)
         s, tx, ty = fit["parm_cam"]
-        body = self.bodies.forward("neutral", betas, pose[None], np.zeros((1, 3)))
+        body = self.bodies.posed_numpy("neutral", betas, pose[None], np.zeros((1, 3)))
         # Weak perspective s (X + t) in the fit box's normalised coordinates equals a pinhole
         # camera with focal f at depth tz = f / (100 s box_scale); any f works, take 5000.
         f = 5000.0
@@ -198,8 +197,8 @@ class MPIIBuilder:
         k_crop = crop.matrix @ k_image
         verts = body["vertices"][0] + shift
         arrays.update(
-            joints_3d=body["joints"][0] + shift,
-            h36m_3d=body["h36m"][0] + shift,
+            joints_3d=body["joints_3d"][0] + shift,
+            h36m_3d=body["h36m_3d"][0] + shift,
             pose=pose,
             betas=betas,
             has_smpl=True,

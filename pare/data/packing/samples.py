@@ -32,7 +32,6 @@ from pare.render import Camera, Mesh, render
 STORED_CROP_MAX = 320
 STORED_CROP_CONTEXT = 2.0
 BOX_EXTENT = 1.2  # SPIN: box side = 1.2 x the keypoints' extent
-GENDER_CODE = {"neutral": 0, "male": 1, "female": 2}
 
 
 class SampleError(ValueError):

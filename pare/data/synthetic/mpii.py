@@ -22,11 +22,11 @@ import scipy.io
 from scipy.spatial.transform import Rotation
 from tqdm import tqdm
 
+from pare.body import SMPLBody
 from pare.body.joints import MPII_16, UNIFIED
 from pare.data.synthetic import motion
 from pare.data.synthetic.scene import (
     GROUND_Y,
-    BodyModels,
     box_mesh,
     camera_at,
     ground_mesh,
@@ -65,7 +65,7 @@ def make_mpii(out: str | Path, cfg: SyntheticMPIIConfig, progress: bool = True) 
     """Write ``cfg.images`` images and the annotation file under ``out``; returns the .mat path."""
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
-    bodies = BodyModels(cfg.model_path)
+    bodies = SMPLBody(cfg.model_path)
     annolist, img_train, single_person, acts, eft_items, truth = [], [], [], [], [], []
     videos = [f"vid{k:08d}" for k in range(max(1, cfg.images // 10))]
     for i in tqdm(range(cfg.images), desc="MPII images", unit="image", disable=not progress):
@@ -112,7 +112,7 @@ def make_mpii(out: str | Path, cfg: SyntheticMPIIConfig, progress: bool = True) 
 
 
 def _render_image(
-    rng: np.random.Generator, bodies: BodyModels, cfg: SyntheticMPIIConfig
+    rng: np.random.Generator, bodies: SMPLBody, cfg: SyntheticMPIIConfig
 ) -> tuple[list[dict], np.ndarray]:
     base_w, base_h = IMAGE_SIZES[int(rng.integers(len(IMAGE_SIZES)))]
     width, height = (
@@ -135,9 +135,9 @@ def _render_image(
         trans = np.array(
             [[(k - (n_people - 1) / 2) * rng.uniform(0.9, 1.6), 0.0, -rng.uniform(0, 3)]]
         )
-        lowest = bodies.forward(gender, betas, pose, np.zeros((1, 3)))["vertices"][..., 1].min()
+        lowest = bodies.posed_numpy(gender, betas, pose, np.zeros((1, 3)))["vertices"][..., 1].min()
         trans[0, 1] = GROUND_Y - lowest
-        body = bodies.forward(gender, betas, pose, trans)
+        body = bodies.posed_numpy(gender, betas, pose, trans)
         people.append(
             {
                 "activity": activity,
@@ -165,7 +165,9 @@ def _render_image(
     ]
     meshes.append(ground_mesh(centre, seed=int(rng.integers(1 << 31))))
     if rng.random() < 0.25:
-        where = people[0]["body"]["joints"][0, 0] + 0.4 * (eye - people[0]["body"]["joints"][0, 0])
+        where = people[0]["body"]["joints_3d"][0, 0] + 0.4 * (
+            eye - people[0]["body"]["joints_3d"][0, 0]
+        )
         size = np.array([rng.uniform(0.3, 0.7), rng.uniform(0.5, 1.1), 0.3])
         where[0] += rng.uniform(-0.4, 0.4)
         where[1] = GROUND_Y + size[1] / 2
@@ -176,7 +178,7 @@ def _render_image(
     for k, p in enumerate(people):
         verts = p["body"]["vertices"][0]
         xy = camera.project(verts)
-        joints = p["body"]["unified"][0, MPII_FROM_UNIFIED]  # (16, 3) in MPII order
+        joints = p["body"]["unified_3d"][0, MPII_FROM_UNIFIED]  # (16, 3) in MPII order
         jxy = camera.project(joints)
         jz = camera.to_camera(joints)[:, 2]
         px = np.floor(jxy).astype(int)
@@ -357,7 +359,7 @@ def _eft_item(person: dict, image_name: str, annot_id: int) -> dict:
     # Weak perspective for the crop: normalised crop coords = s * (X + t), matched at the root.
     # With the camera-frame global rotation, SMPL (zero translation) keeps the root joint at its
     # rest position J0, so camera-frame points are the model's output shifted by root_cam - J0.
-    root_cam = camera.to_camera(person["body"]["joints"][0, 0])
+    root_cam = camera.to_camera(person["body"]["joints_3d"][0, 0])
     origin_cam = root_cam - person["rest_root"]
     f = camera.K[0, 0]
     c_img = camera.K[:2, 2]

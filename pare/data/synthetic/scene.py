@@ -11,10 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import simplejpeg
-import torch
 
-from pare.body import build_body_model, load_eval_assets
-from pare.body.joints import unified_from_model
 from pare.io_utils import write_bytes_atomic
 from pare.render import Camera, Mesh
 
@@ -29,61 +26,6 @@ _SHOES = (7, 8, 10, 11)
 _HEAD = 15
 _CHEST = (6, 9)
 _HAIR = np.array([[0.1, 0.07, 0.05], [0.3, 0.18, 0.08], [0.75, 0.6, 0.3], [0.5, 0.5, 0.5]])
-
-
-class BodyModels:
-    """The three gendered body models, their faces, part labels and H36M regressor."""
-
-    def __init__(self, model_path: str = "standin") -> None:
-        self.models = {
-            g: build_body_model(model_path, gender=g) for g in ("neutral", "male", "female")
-        }
-        assets = load_eval_assets(model_path)
-        self.part_labels = assets.part_labels
-        self.h36m = torch.from_numpy(assets.h36m_regressor).float()
-        self.faces = self.models["neutral"].faces.astype(np.int64)
-        # The neutral body at rest (V, 3): where clothing and hair go, whatever the person's shape.
-        self.rest_vertices = self.models["neutral"].v_template.double().numpy()
-        self.is_standin = self.models["neutral"].is_standin
-
-    def forward(
-        self, gender: str, betas: np.ndarray, pose: np.ndarray, trans: np.ndarray
-    ) -> dict[str, np.ndarray]:
-        """SMPL for T frames: betas (10,), pose (T, 72), trans (T, 3) -> vertices, joints (T, 24, 3),
-        h36m (T, 17, 3), unified keypoints (T, 22, 3), all float64 in the world frame."""
-        model = self.models[gender]
-        t = len(pose)
-        with torch.no_grad():
-            out = model(
-                betas=torch.as_tensor(betas[:10], dtype=torch.float32).expand(t, -1),
-                global_orient=torch.as_tensor(pose[:, :3], dtype=torch.float32),
-                body_pose=torch.as_tensor(pose[:, 3:], dtype=torch.float32),
-                transl=torch.as_tensor(trans, dtype=torch.float32),
-            )
-            h36m = torch.einsum("jv,tvc->tjc", self.h36m, out.vertices)
-            unified = unified_from_model(out.joints, h36m)
-        return {
-            "vertices": out.vertices.double().numpy(),
-            "joints": out.joints[:, :24].double().numpy(),
-            "h36m": h36m.double().numpy(),
-            "unified": unified.double().numpy(),
-        }
-
-    def rest_root(self, gender: str, betas: np.ndarray) -> np.ndarray:
-        """The root joint (3,) of the shaped body at zero pose and zero translation: the point
-        SMPL's global rotation turns about."""
-        template = torch.from_numpy(self.shaped_template(gender, betas)).float()
-        return (self.models[gender].J_regressor[0] @ template).double().numpy()
-
-    def shaped_template(self, gender: str, betas: np.ndarray) -> np.ndarray:
-        model = self.models[gender]
-        betas = torch.as_tensor(betas[:10], dtype=torch.float32)
-        with torch.no_grad():
-            return (
-                (model.v_template + torch.einsum("vck,k->vc", model.shapedirs, betas))
-                .double()
-                .numpy()
-            )
 
 
 @dataclass

@@ -20,11 +20,11 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from pare.body import SMPLBody
 from pare.data.synthetic import motion
 from pare.data.synthetic.py2pickle import dump_py2
 from pare.data.synthetic.scene import (
     GROUND_Y,
-    BodyModels,
     box_mesh,
     camera_at,
     ground_mesh,
@@ -72,7 +72,7 @@ def split_plan(sequences: int, ratio: tuple[int, int, int] = (1, 1, 1)) -> list[
 def make_3dpw(out: str | Path, cfg: Synthetic3DPWConfig, progress: bool = True) -> list[Path]:
     """Write ``cfg.sequences`` sequences under ``out``; returns the pickle paths."""
     out = Path(out)
-    bodies = BodyModels(cfg.model_path)
+    bodies = SMPLBody(cfg.model_path)
     written = []
     bar = tqdm(
         total=cfg.sequences * cfg.frames, desc="3DPW frames", unit="frame", disable=not progress
@@ -90,7 +90,7 @@ def _make_sequence(
     split: str,
     activity: str,
     rng: np.random.Generator,
-    bodies: BodyModels,
+    bodies: SMPLBody,
     cfg: Synthetic3DPWConfig,
     bar: tqdm,
 ) -> Path:
@@ -112,11 +112,11 @@ def _make_sequence(
         pose = np.concatenate([motion.global_orient(heading), body_pose], 1)  # (2N, 72)
         model_gender = "male" if gender == "m" else "female"
         # Keep the lowest point of the body on the ground, whatever the pose.
-        lowest = bodies.forward(model_gender, betas, pose, np.zeros_like(trans))["vertices"][
+        lowest = bodies.posed_numpy(model_gender, betas, pose, np.zeros_like(trans))["vertices"][
             ..., 1
         ].min(1)
         trans[:, 1] = GROUND_Y - lowest
-        body = bodies.forward(model_gender, betas, pose[::2], trans[::2])
+        body = bodies.posed_numpy(model_gender, betas, pose[::2], trans[::2])
         actors.append(
             {
                 "gender": gender,
@@ -156,7 +156,7 @@ def _make_sequence(
     if rng.random() < 0.6:
         mid = n // 2
         eye = cameras[mid].R.T @ -cameras[mid].t
-        root = actors[0]["body"]["joints"][mid, 0]
+        root = actors[0]["body"]["joints_3d"][mid, 0]
         size = np.array([rng.uniform(0.4, 0.8), rng.uniform(0.8, 1.3), 0.3])
         color = rng.uniform(0.2, 0.8, 3)
         right = cameras[mid].R[0]
@@ -183,7 +183,7 @@ def _make_sequence(
         meshes = [*people, ground, *([props[i]] if props[i] is not None else [])]
         layers = render(meshes, cameras[i], background)
         for a, act in enumerate(actors):
-            joints = act["body"]["unified"][i, :18]  # OpenPose-18 order
+            joints = act["body"]["unified_3d"][i, :18]  # OpenPose-18 order
             xy, found = keypoint_visibility(layers.mesh, layers.depth, cameras[i], joints, a)
             if found.sum() >= MIN_DETECTIONS:
                 conf = np.where(found, rng.uniform(0.5, 0.95, 18), 0.0)
@@ -209,7 +209,7 @@ def _make_sequence(
         "trans": [act["trans"][::2] for act in actors],
         "poses_60Hz": [act["pose"] for act in actors],
         "trans_60Hz": [act["trans"] for act in actors],
-        "jointPositions": [act["body"]["joints"].reshape(n, 72) for act in actors],
+        "jointPositions": [act["body"]["joints_3d"].reshape(n, 72) for act in actors],
         "poses2d": poses2d,
         "cam_poses": cam_poses,
         "cam_intrinsics": cameras[0].K.copy(),

@@ -8,13 +8,11 @@ import pytest
 import torch
 from PIL import Image
 
-from pare.body import build_body_model, load_eval_assets
+from pare.body import GENDERS, build_body_model, load_eval_assets
 from pare.config import AugmentConfig
 from pare.data.streaming.augment import AugmentParams, augment, draw_params, flip
 from pare.data.streaming.stream import decode_sample
 from pare.render import Camera, Mesh, render
-
-GENDERS = {0: "neutral", 1: "male", 2: "female"}
 
 
 def _decoded(folder, limit=8):

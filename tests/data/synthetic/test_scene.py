@@ -3,19 +3,20 @@
 import numpy as np
 import pytest
 
-from pare.data.synthetic.scene import BodyModels, camera_at, random_appearance
+from pare.body import SMPLBody
+from pare.data.synthetic.scene import camera_at, random_appearance
 from pare.render import Mesh, render
 
 
 @pytest.fixture(scope="module")
 def bodies():
-    return BodyModels()
+    return SMPLBody()
 
 
 def _front_and_mirrored_back(bodies, appearance) -> tuple[np.ndarray, np.ndarray]:
     """The body at rest seen from the front, and from behind mirrored left-right: without any
     front/back cue the two pictures are the same."""
-    body = bodies.forward("neutral", np.zeros(10), np.zeros((1, 72)), np.zeros((1, 3)))
+    body = bodies.posed_numpy("neutral", np.zeros(10), np.zeros((1, 72)), np.zeros((1, 3)))
     vertices = body["vertices"][0]
     centre = vertices.mean(0)
     views = []
