@@ -5,7 +5,7 @@ Every default lives in the dataclasses below. YAML files in ``configs/`` hold on
 the wrong type or a value outside a field's choices raises :class:`ConfigError` naming the key
 (and, for unknown keys, the closest valid ones).
 
-    cfg = load_config(["configs/demo_cpu.yaml"], ["optim.lr=1e-4"])
+    cfg = load_config(["configs/demo.yaml"], ["optim.lr=1e-4"])
     cfg.optim.lr  # 0.0001, typed
     save_config(cfg, "runs/x/config.yaml")  # resolved, reloadable with load_config
 """

@@ -7,12 +7,17 @@ no supervised sample in the batch is exactly zero and still part of the graph.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 
 from pare.geometry import axis_angle_to_matrix
 
 TERMS = ("keypoints_2d", "joints_3d", "smpl_pose", "smpl_shape", "part_segmentation", "camera")
+
+if TYPE_CHECKING:
+    from pare.config import LossConfig
 
 
 def _masked_mean(errors: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -61,7 +66,7 @@ def camera_loss(camera: torch.Tensor) -> torch.Tensor:
 
 
 def pare_loss(
-    pred: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], weights
+    pred: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], weights: LossConfig
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Weighted total (times ``weights.total_scale``, as PARE's code does) and the unweighted
     terms (detached) for logging. ``weights`` is a :class:`pare.config.LossConfig`."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
@@ -55,6 +56,9 @@ EXTREME_CROPS = {
 # Part label l (1..24, 0 background) after a flip: the mirrored part.
 PART_LABEL_FLIP = np.concatenate([[0], SMPL_FLIP + 1]).astype(np.uint8)
 
+if TYPE_CHECKING:
+    from pare.config import AugmentConfig
+
 
 @dataclass
 class AugmentParams:
@@ -69,7 +73,7 @@ class AugmentParams:
     extreme: str | None = None  # crop to a body region: one of EXTREME_CROPS
 
 
-def draw_params(rng: np.random.Generator, cfg) -> AugmentParams:
+def draw_params(rng: np.random.Generator, cfg: AugmentConfig) -> AugmentParams:
     """Sample augmentation parameters from an :class:`pare.config.AugmentConfig`."""
     scale = float(np.clip(rng.normal(1.0, cfg.scale_std), cfg.scale_min, cfg.scale_max))
     rotation = 0.0

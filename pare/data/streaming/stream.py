@@ -23,6 +23,7 @@ import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import fsspec
 import numpy as np
@@ -36,6 +37,9 @@ from webdataset.gopen import gopen_schemes
 from pare.data.fields import BATCH_FIELDS
 from pare.data.streaming.augment import AugmentParams, augment, draw_params
 from pare.data.streaming.batch import collate
+
+if TYPE_CHECKING:
+    from pare.config import DataConfig
 
 
 @dataclass
@@ -240,7 +244,9 @@ def _samples_from_shards(cache_dir: str) -> list:
     ]
 
 
-def _dataset_pipeline(source: ShardSource, index: int, cfg, seed: int) -> wds.DataPipeline:
+def _dataset_pipeline(
+    source: ShardSource, index: int, cfg: DataConfig, seed: int
+) -> wds.DataPipeline:
     return wds.DataPipeline(
         wds.ResampledShards(
             source.urls, seed=seed, worker_seed=_WorkerSeed(seed), deterministic=True
@@ -277,7 +283,7 @@ def sources_from_config(entries) -> list[ShardSource]:
 
 
 def train_loader(
-    sources: list[ShardSource], cfg, steps_per_epoch: int, epoch: int = 0, seed: int = 0
+    sources: list[ShardSource], cfg: DataConfig, steps_per_epoch: int, epoch: int = 0, seed: int = 0
 ) -> wds.WebLoader:
     """Endless resampled mix, cut to exactly ``steps_per_epoch`` batches on every rank.
 
