@@ -11,6 +11,7 @@ import simplejpeg
 from scipy.spatial.transform import Rotation
 
 from pare.body.joints import MPII_16, OPENPOSE_18, to_unified
+from pare.data.packing.keys import key_3dpw, key_mpii
 from pare.data.packing.readers import (
     DatasetLayoutError,
     PersonFrame3DPW,
@@ -93,7 +94,7 @@ class ThreeDPWBuilder:
             "head_size": 0.0,
         }
         return {
-            "__key__": f"3dpw_{rec.sequence}_a{rec.actor}_f{rec.frame:05d}",
+            "__key__": key_3dpw(rec.sequence, rec.actor, rec.frame),
             "jpg": simplejpeg.encode_jpeg(
                 np.ascontiguousarray(image), quality=JPEG_QUALITY, colorspace="RGB"
             ),
@@ -168,7 +169,7 @@ class MPIIBuilder:
             * float(crop.matrix[0, 0]),
         }
         sample = {
-            "__key__": f"mpii_{Path(person.image).stem}_r{person.rect}",
+            "__key__": key_mpii(person.image, person.rect),
             "jpg": simplejpeg.encode_jpeg(
                 np.ascontiguousarray(image), quality=JPEG_QUALITY, colorspace="RGB"
             ),
