@@ -10,7 +10,6 @@ evaluator's thresholds). Samples without SMPL ground truth (MPII) are left out.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 
 import numpy as np
@@ -19,6 +18,7 @@ from torch import nn
 
 from pare.body import SMPLBody
 from pare.body.joints import H36M_TO_EVAL14, MPII_16, UNIFIED, mapping
+from pare.data.packing.keys import parse_3dpw_key
 from pare.data.streaming.batch import normalize_images
 from pare.distributed import gather_objects, gather_per_sample
 from pare.metrics import (
@@ -98,20 +98,9 @@ def evaluate(
     }
 
 
-# 3DPW sample keys, as the packer writes them: 3dpw_<sequence>_a<actor>_f<frame>.
-_KEY_3DPW = re.compile(r"^3dpw_(?P<sequence>.+)_a(?P<actor>\d+)_f(?P<frame>\d+)$")
-
-
-def parse_3dpw_key(key: str) -> tuple[str, int, int]:
-    """(sequence, actor, frame) of a packed 3DPW sample's key."""
-    match = _KEY_3DPW.match(key)
-    if match is None:
-        raise ValueError(f"{key!r} is not a packed 3DPW key (3dpw_<sequence>_a<actor>_f<frame>)")
-    return match["sequence"], int(match["actor"]), int(match["frame"])
-
-
 def per_sequence(result: dict) -> dict[str, dict[str, float]]:
-    """Metric means and sample counts per 3DPW sequence of an :func:`evaluate` result."""
+    """Metric means and sample counts per 3DPW sequence of an :func:`evaluate` result, sorted by
+    sequence name; the sequence comes from each sample's key (ValueError for a non-3DPW key)."""
     groups: dict[str, list[int]] = {}
     for i, key in enumerate(result["keys"]):
         groups.setdefault(parse_3dpw_key(key)[0], []).append(i)

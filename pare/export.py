@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from pare.body.joints import SMPL_PARENTS
-from pare.evaluation import parse_3dpw_key
+from pare.data.packing.keys import parse_3dpw_key
 from pare.geometry import crop_camera_to_full, global_rotations
 from pare.io_utils import write_bytes_atomic
 from pare.safe_pickle import load_pickle, to_numpy

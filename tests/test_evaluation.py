@@ -165,7 +165,8 @@ def test_pck_and_auc_count_aligned_joints_against_a_loop():
 
 
 def test_per_sequence_groups_keys_and_parse_rejects_foreign_keys():
-    from pare.evaluation import METRICS, parse_3dpw_key, per_sequence
+    from pare.data.packing.keys import parse_3dpw_key
+    from pare.evaluation import METRICS, per_sequence
 
     keys = ["3dpw_a_b_00_a0_f00001", "3dpw_a_b_00_a1_f00001", "3dpw_c_01_a0_f00009"]
     result = {"keys": keys} | {m: np.array([1.0, 3.0, 10.0]) for m in METRICS}

@@ -32,7 +32,7 @@ from pare.evaluation import evaluate
 from pare.io_utils import write_bytes_atomic, write_json_atomic
 from pare.launch import accelerate_launch_command, run_entry_point
 from pare.models import build_model
-from pare.report import csv_table, markdown_table
+from pare.report import comparison_csv, comparison_markdown
 
 TRAIN = Path(__file__).with_name("train.py")
 
@@ -115,14 +115,14 @@ def main(argv: list[str] | None = None) -> int:
         }
         memory_kind = done.get("peak_memory_kind", "")
 
-    table = markdown_table(results, memory_kind)
+    table = comparison_markdown(results, memory_kind)
     samples = results["vanilla"]["samples"]
     heading = (
         f"# Vanilla PARE vs. self-attention ({results['vanilla']['steps']} steps each, "
         f"{samples} validation samples, W&B group {group})\n\n"
     )
     write_bytes_atomic(out / "comparison.md", (heading + table).encode())
-    write_bytes_atomic(out / "comparison.csv", csv_table(results).encode())
+    write_bytes_atomic(out / "comparison.csv", comparison_csv(results).encode())
     write_json_atomic(out / "comparison.json", results, indent=2)
     print("\n" + heading + table)
     print(f"wrote {out / 'comparison.md'}, {out / 'comparison.csv'}")

@@ -15,8 +15,6 @@ row per sequence and an overall row per model) to ``--out`` (default ``<run>/eva
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
 import sys
 from pathlib import Path
@@ -27,12 +25,10 @@ from pare.config import ConfigError, load_config
 from pare.data.streaming.stream import eval_loader, shard_urls
 from pare.evaluation import (
     METRICS,
-    UNITS,
     ConstantPrediction,
     evaluate,
     evaluate_pckh,
     mean_training_pose,
-    metric_key,
     per_sequence,
 )
 from pare.export import (
@@ -44,6 +40,7 @@ from pare.export import (
 from pare.io_utils import write_bytes_atomic, write_json_atomic
 from pare.launch import LaunchError, check_launch, run_entry_point
 from pare.models import build_model
+from pare.report import eval_csv, log_eval_to_wandb, metrics_markdown
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -78,72 +75,6 @@ def shard_kind(path: str) -> str:
     if manifest.is_file():
         return json.loads(manifest.read_text()).get("dataset", "3dpw")
     return "mpii" if "mpii" in Path(path).name.lower() else "3dpw"
-
-
-LABELS = {"mpjpe": "MPJPE", "pa_mpjpe": "PA-MPJPE", "pve": "PVE", "pck50": "PCK@50", "auc": "AUC"}
-
-
-def table(rows: dict[str, dict], columns: tuple[str, ...], first: str = "model") -> str:
-    """A markdown table: one row per name, the columns' values with one decimal."""
-    width = max([len(first), *map(len, rows)])
-    heads = [f"{LABELS[c]} ({UNITS[c]})" for c in columns]
-    lines = [
-        "| " + " | ".join([first.ljust(width), *heads]) + " |",
-        "|" + "|".join(["-" * (width + 2), *("-" * (len(h) + 2) for h in heads)]) + "|",
-    ]
-    for name, values in rows.items():
-        cells = [f"{values[c]:.1f}".rjust(len(h)) for c, h in zip(columns, heads, strict=True)]
-        lines.append("| " + " | ".join([name.ljust(width), *cells]) + " |")
-    return "\n".join(lines)
-
-
-def csv_text(report: dict) -> str:
-    """One row per (model, 3DPW sequence), an 'all' row per model, and MPII's PCKh rows."""
-    buf = io.StringIO()
-    writer = csv.writer(buf)
-    metric_columns = [metric_key(m) for m in METRICS]
-    writer.writerow(["model", "dataset", "sequence", "samples", *metric_columns, "pckh_pct"])
-    for model, result in report["3dpw"].items():
-        rows = {"all": result["overall"], **result["per_sequence"]}
-        for sequence, values in rows.items():
-            metrics = [f"{values[m]:.4f}" for m in METRICS]
-            writer.writerow([model, "3dpw", sequence, values["samples"], *metrics, ""])
-    for model, result in report.get("mpii", {}).items():
-        blank = [""] * len(METRICS)
-        writer.writerow([model, "mpii", "all", result["samples"], *blank, f"{result['pckh']:.4f}"])
-    return buf.getvalue()
-
-
-def log_to_wandb(mode: str, cfg, report: dict, out: Path, name: str) -> str:
-    """A W&B run (job type 'eval', in the training run's project and group) whose summary
-    holds the metrics and whose table holds the per-sequence rows. Returns its folder."""
-    import wandb
-
-    run = wandb.init(
-        project=cfg.logging.project,
-        entity=cfg.logging.entity or None,
-        group=cfg.logging.group or None,
-        job_type="eval",
-        name=f"eval-{name}",
-        mode=mode,
-        dir=str(out),
-        config={"checkpoint": report["weights"]},
-    )
-    try:
-        for model, result in report["3dpw"].items():
-            for m in METRICS:
-                run.summary[f"eval/{model}/{metric_key(m)}"] = result["overall"][m]
-            columns = ["sequence", "samples", *map(metric_key, METRICS)]
-            data = [
-                [seq, v["samples"], *(v[m] for m in METRICS)]
-                for seq, v in result["per_sequence"].items()
-            ]
-            run.log({f"eval/{model}/per_sequence": wandb.Table(columns=columns, data=data)})
-        for model, result in report.get("mpii", {}).items():
-            run.summary[f"eval/{model}/pckh_pct"] = result["pckh"]
-        return str(Path(run.dir).parent)
-    finally:
-        run.finish()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -234,14 +165,14 @@ def main(argv: list[str] | None = None) -> int:
         first = next(iter(overall.values()))
         label_note = " (STAND-IN body model)" if model.smpl.is_standin else ""
         say(f"\n3DPW-protocol evaluation on {first['samples']} samples{label_note}")
-        say(table(overall, METRICS))
+        say(metrics_markdown(overall, METRICS))
         seq = report["3dpw"][name]["per_sequence"]
         if args.per_sequence and len(seq) > 1:
             shown = dict(
                 sorted(seq.items(), key=lambda kv: -kv[1]["pa_mpjpe"])[: args.per_sequence]
             )
             say(f"\nper sequence (worst {len(shown)} of {len(seq)} by PA-MPJPE; all in eval.csv)")
-            say(table(shown, ("pa_mpjpe", "mpjpe", "pve"), "sequence"))
+            say(metrics_markdown(shown, ("pa_mpjpe", "mpjpe", "pve"), "sequence"))
         if args.baseline:
             base = overall["mean-pose baseline"]["pa_mpjpe"]
             gain = 1.0 - overall[name]["pa_mpjpe"] / base
@@ -253,10 +184,16 @@ def main(argv: list[str] | None = None) -> int:
 
     if main_process:
         write_json_atomic(out / "eval.json", report, indent=2)
-        write_bytes_atomic(out / "eval.csv", csv_text(report).encode())
+        write_bytes_atomic(out / "eval.csv", eval_csv(report).encode())
         say(f"wrote {out / 'eval.json'} and {out / 'eval.csv'}")
         if args.wandb:
-            where = log_to_wandb(args.wandb, cfg, report, out, (run or weights.parent).name)
+            where = log_eval_to_wandb(
+                report,
+                out=out,
+                name=(run or weights.parent).name,
+                mode=args.wandb,
+                logging=cfg.logging,
+            )
             say(f"W&B summary run in {where}")
     accelerator.wait_for_everyone()
     accelerator.end_training()

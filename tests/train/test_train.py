@@ -303,8 +303,8 @@ def test_evaluate_checkpoint_on_3dpw_and_mpii_with_export_and_wandb(
 ):
     import csv
 
+    from pare.data.packing.keys import parse_3dpw_key
     from pare.data.streaming.batch import normalize_images
-    from pare.evaluation import parse_3dpw_key
     from pare.export import export_fields, ground_truth_frames, read_3dpw_predictions
 
     weights = offline_run / "model.safetensors"

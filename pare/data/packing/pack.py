@@ -12,6 +12,7 @@ from scipy.spatial.transform import Rotation
 
 from pare.body import GENDER_CODE, SMPLBody
 from pare.body.joints import MPII_16, OPENPOSE_18, to_unified
+from pare.data.packing.keys import key_3dpw, key_mpii
 from pare.data.packing.readers import (
     DatasetLayoutError,
     PersonFrame3DPW,
@@ -92,7 +93,7 @@ class ThreeDPWBuilder:
             "head_size": 0.0,
         }
         return {
-            "__key__": f"3dpw_{rec.sequence}_a{rec.actor}_f{rec.frame:05d}",
+            "__key__": key_3dpw(rec.sequence, rec.actor, rec.frame),
             "jpg": simplejpeg.encode_jpeg(
                 np.ascontiguousarray(image), quality=JPEG_QUALITY, colorspace="RGB"
             ),
@@ -167,7 +168,7 @@ class MPIIBuilder:
             * float(crop.matrix[0, 0]),
         }
         sample = {
-            "__key__": f"mpii_{Path(person.image).stem}_r{person.rect}",
+            "__key__": key_mpii(person.image, person.rect),
             "jpg": simplejpeg.encode_jpeg(
                 np.ascontiguousarray(image), quality=JPEG_QUALITY, colorspace="RGB"
             ),
