@@ -29,8 +29,10 @@ ORIENTATION_PARTS = (0, 1, 2, 4, 5, 16, 17, 18, 19)
 
 
 def export_fields(pred: dict, batch: dict) -> dict[str, np.ndarray]:
-    """Per-sample arrays for :func:`write_3dpw_predictions`, from a model's predictions and the
-    evaluation batch they came from (its input size and crop intrinsics)."""
+    """Per-sample ``joint_positions`` (B, 24, 3) in metres, camera frame, and ``orientations``
+    (B, 9, 3, 3), gathered by :func:`pare.evaluation.evaluate` (its ``extra``) for
+    :func:`assemble_3dpw_predictions`, from a model's predictions and the evaluation batch they
+    came from (its crop size and crop intrinsics)."""
     size = batch["image"].shape[-1]
     translation = crop_camera_to_full(pred["camera"], batch["intrinsics"].to(pred["camera"]), size)
     joints = pred["joints_3d"].double() + translation[:, None]  # (B, 24, 3) camera frame
@@ -120,18 +122,6 @@ def save_3dpw_predictions(predictions: dict[str, dict], out_dir: Path) -> list[P
         write_bytes_atomic(out_dir / f"{sequence}.pkl", pickle.dumps(arrays, protocol=2))
         for sequence, arrays in sorted(predictions.items())
     ]
-
-
-def write_3dpw_predictions(
-    keys: list[str],
-    joint_positions: np.ndarray,
-    orientations: np.ndarray,
-    out_dir: Path,
-    truth: dict[str, np.ndarray] | None = None,
-) -> tuple[list[Path], int]:
-    """:func:`assemble_3dpw_predictions`, then :func:`save_3dpw_predictions`; (paths, missing)."""
-    predictions, missing = assemble_3dpw_predictions(keys, joint_positions, orientations, truth)
-    return save_3dpw_predictions(predictions, out_dir), missing
 
 
 def read_3dpw_predictions(path: Path) -> dict[str, np.ndarray]:

@@ -9,12 +9,19 @@ from scipy.spatial.transform import Rotation
 from pare.body.joints import SMPL_PARENTS
 from pare.export import (
     ORIENTATION_PARTS,
+    assemble_3dpw_predictions,
     export_fields,
     ground_truth_frames,
     read_3dpw_predictions,
-    write_3dpw_predictions,
+    save_3dpw_predictions,
 )
 from pare.geometry import crop_camera_to_full, global_rotations
+
+
+def _write(keys, joints, orient, out_dir, truth=None):
+    """Assemble and save, as train/evaluate.py's --export-3dpw does: (paths, missing)."""
+    predictions, missing = assemble_3dpw_predictions(keys, joints, orient, truth)
+    return save_3dpw_predictions(predictions, out_dir), missing
 
 
 def test_full_camera_translation_reproduces_the_weak_perspective_image():
@@ -70,7 +77,7 @@ def test_export_round_trip_gives_each_key_its_joints_and_orientations(tmp_path):
         "outdoors_fencing_01": np.ones((1, 5), bool),
         "unused_00": np.ones((1, 3), bool),
     }
-    files, missing = write_3dpw_predictions(keys, joints, orient, tmp_path, truth)
+    files, missing = _write(keys, joints, orient, tmp_path, truth)
     # Every ground-truth sequence gets a file; scored frames without a prediction are counted:
     # walk (1, 5), (1, 6), (1, 8); fencing 0..3; all 3 of unused.
     assert sorted(p.name for p in files) == [
@@ -91,16 +98,14 @@ def test_export_round_trip_gives_each_key_its_joints_and_orientations(tmp_path):
     fencing = read_3dpw_predictions(tmp_path / "outdoors_fencing_01.pkl")
     np.testing.assert_array_equal(fencing["jointPositions"][0, 4], joints[2])
     # Without the ground truth: the sequences predicted, up to the largest actor and frame.
-    inferred, none = write_3dpw_predictions(keys, joints, orient, tmp_path / "bare")
+    inferred, none = _write(keys, joints, orient, tmp_path / "bare")
     assert none == 0 and len(inferred) == 2
     assert read_3dpw_predictions(inferred[0])["jointPositions"].shape[:2] == (2, 8)
     with pytest.raises(ValueError, match="outside the ground truth"):
         small = {**truth, "downtown_walk_00": np.ones((1, 10), bool)}
-        write_3dpw_predictions(keys, joints, orient, tmp_path / "x", small)
+        _write(keys, joints, orient, tmp_path / "x", small)
     with pytest.raises(ValueError, match="not in the ground truth"):
-        write_3dpw_predictions(
-            keys, joints, orient, tmp_path / "y", {"unused_00": truth["unused_00"]}
-        )
+        _write(keys, joints, orient, tmp_path / "y", {"unused_00": truth["unused_00"]})
 
 
 def test_export_fields_from_predictions():

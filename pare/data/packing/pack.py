@@ -114,7 +114,10 @@ def _make_3dpw_builder(body_model: str) -> ThreeDPWBuilder:
 
 
 def pack_3dpw(root: Path, split: str, out: Path, body_model: str, options: ShardOptions) -> dict:
-    """Pack one 3DPW split; returns the manifest path and counts."""
+    """Pack one 3DPW split. Returns ``{"manifest": path, "samples": n, "skipped": {reason: n}}``;
+    for one slice of an array job (``options.slice``) ``manifest`` is None and ``slice`` names
+    it. Raises :class:`DatasetLayoutError` or FileNotFoundError for a root that is not 3DPW's
+    layout, and :class:`PackError` for a bad sample under ``options.strict``."""
     root, out = Path(root), Path(out)
     skips = Skips()
     records: list[PersonFrame3DPW] = []
@@ -226,7 +229,8 @@ def pack_mpii(
     min_joints: int = 6,
     val_images: set[str] | None = None,
 ) -> dict:
-    """Pack MPII's train or val people (val: ``val_images`` if given, else every 10th train image)."""
+    """Pack MPII's train or val people (val: ``val_images`` if given, else every 10th train
+    image). Returns what :func:`pack_3dpw` returns."""
     root, out = Path(root), Path(out)
     if split not in ("train", "val"):
         raise ValueError(f"MPII split must be 'train' or 'val', got {split!r}")
