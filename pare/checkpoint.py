@@ -1,5 +1,6 @@
 """Checkpoints and trained weights: run folders, the counters that survive a resume, saving,
-pruning and resuming, and the exported ``model.safetensors`` files.
+pruning and resuming, the exported ``model.safetensors`` files, the initial weights a run may
+start from, and loading a trained model back (:func:`load_trained_model`).
 
 Checkpoints are folders ``<run>/checkpoints/step-0001000`` written by ``accelerator.save_state``
 into ``step-0001000.tmp`` and renamed once every rank has finished writing, with a ``COMPLETE``
@@ -17,6 +18,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+
+from pare.config import Config, ConfigError, load_config
+from pare.models import PARE, build_model
 
 CHECKPOINTS = "checkpoints"
 COMPLETE = "COMPLETE"
@@ -42,6 +46,15 @@ class TrainState:
     def load_state_dict(self, state: dict) -> None:
         for key, value in state.items():
             setattr(self, key, value)
+
+    def record_eval(self, mean: dict[str, float]) -> bool:
+        """Keep an evaluation of the current step (metric -> mean, PA-MPJPE in mm) in the
+        history; True when its PA-MPJPE is the best so far (then ``best_*`` follow it)."""
+        self.history[str(self.step)] = mean
+        if mean["pa_mpjpe"] >= self.best_pa_mpjpe:
+            return False
+        self.best_pa_mpjpe, self.best_step = mean["pa_mpjpe"], self.step
+        return True
 
 
 def checkpoint_dir(run_dir: Path, step: int) -> Path:
@@ -146,3 +159,50 @@ def resolve_checkpoint(path: Path, which: str = "best") -> tuple[Path, Path | No
     raise FileNotFoundError(
         f"{path} holds neither config.yaml (a run folder) nor model.safetensors (a checkpoint)"
     )
+
+
+def load_initial_weights(model: torch.nn.Module, path: str) -> list[str]:
+    """``train.init_weights``: load an exported weights file into a freshly built model. Every
+    tensor in the file must fit the model; the model's own extras (e.g. the attention block)
+    keep their initialisation, and their names are returned. Raises FileNotFoundError for a
+    missing file and ValueError for a file from another architecture."""
+    from safetensors.torch import load_file
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"train.init_weights not found: {path}")
+    state = load_file(path)
+    own = model.state_dict()
+    unknown = sorted(set(state) - set(own))
+    misfit = sorted(k for k in state if k in own and state[k].shape != own[k].shape)
+    if unknown or misfit:
+        raise ValueError(
+            f"{path} does not fit this model: unknown {unknown[:5]}, other shapes {misfit[:5]} "
+            "(was it exported from another backbone or head size?)"
+        )
+    model.load_state_dict(state, strict=False)
+    return sorted(set(own) - set(state))
+
+
+def load_trained_model(
+    checkpoint: str | os.PathLike,
+    which: str = "best",
+    config_files: list | tuple = (),
+    overrides: list[str] | tuple = (),
+) -> tuple[PARE, Config, dict]:
+    """A trained model ready to predict: ``(model, cfg, meta)``.
+
+    ``checkpoint`` is a run folder (its ``which`` weights: "best", falling back to the final
+    ones, or "final"), a checkpoint folder or a ``.safetensors`` file, as for
+    :func:`resolve_checkpoint`. The config is ``config_files`` when given, else the run's
+    ``config.yaml``; ``overrides`` (``key=value``) apply last. The model is on the CPU in eval
+    mode; ``meta`` is the weights file's metadata (e.g. ``step``). Raises FileNotFoundError for
+    a missing checkpoint or weights file, ConfigError when there is no config to build from.
+    """
+    weights, run = resolve_checkpoint(Path(checkpoint), which)
+    files = list(config_files) or ([run / "config.yaml"] if run else [])
+    if not files:
+        raise ConfigError(f"no config.yaml found above {weights}: pass --config")
+    cfg = load_config(files, overrides)
+    model = build_model(cfg.model, cfg.body)
+    meta = load_weights(model, weights)  # every tensor: the random draw above is replaced
+    return model.eval(), cfg, meta

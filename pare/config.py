@@ -151,10 +151,6 @@ class ModelConfig:
     # SPIN-format mean parameters to start predictions from (smpl_mean_params.npz: pose, shape,
     # cam); "" = identity joint rotations, the body upright, zero betas, camera scale 0.9.
     mean_params: str = ""
-    # Exported weights (.safetensors) to start from. Parameters the file lacks keep their fresh
-    # initialisation: vanilla weights start the attention variant (its gate at 0) as the same
-    # network, which is how train/compare.py gives both variants one initialisation.
-    init_weights: str = ""
     branch_layers: int = 2
     branch_channels: int = 128
     shape_cam_channels: int = 64
@@ -220,8 +216,11 @@ class TrainConfig:
     channels_last: bool = False
     compile: bool = False  # torch.compile the model
     image_every: int = 2000  # W&B overlay images (predicted vs ground truth) every N steps
-    # Testing hook for the non-finite guard: the loss of these steps is made NaN.
-    inject_nonfinite_at: list[int] = field(default_factory=list)
+    # Exported weights (.safetensors) to start from, loaded after the model is built. Parameters
+    # the file lacks keep their fresh initialisation: vanilla weights start the attention
+    # variant (its gate at 0) as the same network, which is how train/compare.py gives both
+    # variants one initialisation. A resume restores its checkpoint's weights over these.
+    init_weights: str = ""
 
     def __post_init__(self) -> None:
         _check_choice(

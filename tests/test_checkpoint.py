@@ -1,8 +1,28 @@
-"""Checkpoint folders: which are complete, which one a resume picks."""
+"""Checkpoint folders (which are complete, which one a resume picks), initial weights, and
+loading a trained model back."""
 
 import pytest
+import torch
 
-from pare.checkpoint import COMPLETE, checkpoint_dir, complete_checkpoints, resolve_resume
+from pare.checkpoint import (
+    COMPLETE,
+    checkpoint_dir,
+    complete_checkpoints,
+    export_weights,
+    load_initial_weights,
+    load_trained_model,
+    resolve_resume,
+)
+from pare.config import ConfigError, load_config, save_config
+from pare.models import build_model
+
+SMALL = ["model.backbone=hrnet_w18_small", "model.branch_channels=16", "model.branch_layers=1"]
+
+
+def _model(*overrides, seed=0):
+    cfg = load_config([], [*SMALL, *overrides])
+    torch.manual_seed(seed)
+    return build_model(cfg.model, cfg.body), cfg
 
 
 def test_only_complete_checkpoints_are_resumed(tmp_path):
@@ -16,3 +36,75 @@ def test_only_complete_checkpoints_are_resumed(tmp_path):
     assert resolve_resume(tmp_path / "fresh", "auto") is None
     with pytest.raises(FileNotFoundError, match="not a complete checkpoint"):
         resolve_resume(tmp_path, str(checkpoint_dir(tmp_path, 20)))
+
+
+def test_initial_weights_start_the_attention_variant_as_the_vanilla_network(tmp_path):
+    vanilla, _ = _model()
+    export_weights(vanilla, tmp_path / "init.safetensors")
+    # Another draw: the file must decide.
+    variant, _ = _model("model.attention.enabled=true", seed=123)
+    fresh = load_initial_weights(variant, str(tmp_path / "init.safetensors"))
+    own, shared = variant.state_dict(), vanilla.state_dict()
+    for name, value in shared.items():
+        assert torch.equal(own[name], value), name
+    assert fresh == sorted(n for n in own if n not in shared)
+    assert fresh and all("attention" in n for n in fresh)
+    vanilla.eval(), variant.eval()
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        torch.testing.assert_close(variant(x)["rotmat"], vanilla(x)["rotmat"], atol=0, rtol=0)
+    other, _ = _model("model.backbone=resnet18")
+    with pytest.raises(ValueError, match="does not fit this model"):
+        load_initial_weights(other, str(tmp_path / "init.safetensors"))
+    with pytest.raises(FileNotFoundError, match=r"train\.init_weights not found"):
+        load_initial_weights(other, str(tmp_path / "nothing.safetensors"))
+
+
+def test_a_trained_model_loads_back_from_a_run_a_checkpoint_or_a_file(tmp_path):
+    import pare
+
+    assert pare.load_trained_model is load_trained_model
+    model, cfg = _model()
+    # Non-default BatchNorm statistics: the buffers must come back too.
+    model.train()
+    with torch.no_grad():
+        model(torch.randn(2, 3, 224, 224))
+    run = tmp_path / "run"
+    save_config(cfg, run / "config.yaml")
+    export_weights(model, run / "model.safetensors", {"step": 7})
+    export_weights(model, run / "best" / "model.safetensors", {"step": 5, "pa_mpjpe": 80.0})
+    checkpoint = checkpoint_dir(run, 7)
+    export_weights(model, checkpoint / "model.safetensors")  # as save_state writes it
+    loose = export_weights(model, tmp_path / "loose.safetensors", {"step": 7})
+
+    model.eval()
+    x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = model(x)
+    cases = [
+        (run, "best", (), {"step": 5, "pa_mpjpe": 80.0}),
+        (run, "final", (), {"step": 7}),
+        (checkpoint, "best", (), {}),
+        (run / "model.safetensors", "best", (), {"step": 7}),
+        (loose, "best", (run / "config.yaml",), {"step": 7}),  # no run above: a config given
+    ]
+    for path, which, configs, meta in cases:
+        loaded, loaded_cfg, loaded_meta = load_trained_model(
+            path, which, configs, ["data.batch_size=3"]
+        )
+        assert loaded_meta == meta, path
+        assert not loaded.training and next(loaded.parameters()).device.type == "cpu"
+        assert loaded_cfg.model == cfg.model and loaded_cfg.data.batch_size == 3
+        with torch.no_grad():
+            got = loaded(x)
+        for key, value in expected.items():
+            torch.testing.assert_close(got[key], value, atol=0, rtol=0, msg=f"{path}: {key}")
+
+    with pytest.raises(ConfigError, match=r"no config\.yaml found above"):
+        load_trained_model(loose)
+    with pytest.raises(FileNotFoundError, match="checkpoint not found"):
+        load_trained_model(tmp_path / "missing")
+    unfinished = tmp_path / "unfinished"
+    save_config(cfg, unfinished / "config.yaml")  # a run that exported nothing yet
+    with pytest.raises(FileNotFoundError, match="model weights not found"):
+        load_trained_model(unfinished)

@@ -7,7 +7,7 @@ shards, and write the comparison as markdown and CSV.
 
 Both runs train through train/train.py (under ``accelerate launch`` with ``--processes N``),
 in ``<out>/vanilla`` and ``<out>/attention``, in one W&B group. The shared initialisation is
-``<out>/init.safetensors``: vanilla weights drawn from the seed (or ``model.init_weights`` when
+``<out>/init.safetensors``: vanilla weights drawn from the seed (over ``train.init_weights`` when
 given); the attention block starts from its own initialisation with its residual gate at 0, so
 both variants begin as the same network. A finished variant (its DONE marker) is not retrained.
 """
@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from pare.body import SMPLBody
-from pare.checkpoint import DONE_MARKER, export_weights, load_weights
+from pare.checkpoint import DONE_MARKER, export_weights, load_initial_weights, load_trained_model
 from pare.config import ConfigError, load_config
 from pare.data.streaming.stream import eval_loader, shard_urls
 from pare.evaluation import evaluate
@@ -73,7 +73,10 @@ def main(argv: list[str] | None = None) -> int:
     if not init.is_file():
         torch.manual_seed(cfg.train.seed)
         vanilla_cfg = load_config(args.config, [*args.overrides, "model.attention.enabled=false"])
-        export_weights(build_model(vanilla_cfg.model, vanilla_cfg.body), init)
+        vanilla = build_model(vanilla_cfg.model, vanilla_cfg.body)
+        if vanilla_cfg.train.init_weights:
+            load_initial_weights(vanilla, vanilla_cfg.train.init_weights)
+        export_weights(vanilla, init)
 
     env = dict(os.environ)
     if args.processes > 1 and not torch.cuda.is_available():
@@ -85,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         overrides = [
             *args.overrides,
             f"model.attention.enabled={enabled}",
-            f"model.init_weights={init}",
+            f"train.init_weights={init}",
             f"train.output_dir={run}",
             "train.resume=auto",
             f"logging.group={group}",
@@ -94,10 +97,8 @@ def main(argv: list[str] | None = None) -> int:
         if not (run / DONE_MARKER).is_file():
             train_variant(args, args.config, overrides, env)
         done = json.loads((run / DONE_MARKER).read_text())
-        # The final weights replace every tensor: no need for the initialisation file.
-        run_cfg = load_config([run / "config.yaml"], ["model.init_weights=''"])
-        model = build_model(run_cfg.model, run_cfg.body)
-        load_weights(model, run / "model.safetensors")  # the final weights: the same budget
+        # The final weights, not the best: both variants after the same budget.
+        model, run_cfg, _ = load_trained_model(run, which="final")
         urls = [u for entry in run_cfg.data.val for u in shard_urls(entry.path)]
         data = run_cfg.data
         loader = eval_loader(

@@ -20,8 +20,8 @@ import sys
 from pathlib import Path
 
 from pare.body import SMPLBody
-from pare.checkpoint import load_weights, resolve_checkpoint
-from pare.config import ConfigError, load_config
+from pare.checkpoint import load_trained_model, resolve_checkpoint
+from pare.config import ConfigError
 from pare.data.streaming.stream import eval_loader, shard_urls
 from pare.evaluation import (
     METRICS,
@@ -39,7 +39,6 @@ from pare.export import (
 )
 from pare.io_utils import write_bytes_atomic, write_json_atomic
 from pare.launch import LaunchError, check_launch, run_entry_point
-from pare.models import build_model
 from pare.report import eval_csv, log_eval_to_wandb, metrics_markdown
 
 
@@ -81,12 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     from accelerate import Accelerator
 
     args = parse_args(argv)
-    weights, run = resolve_checkpoint(args.checkpoint or args.run, args.weights)
-    configs = args.config or ([run / "config.yaml"] if run else [])
-    if not configs:
-        raise ConfigError(f"no config.yaml found above {weights}: pass --config")
-    # The weights file replaces every tensor: a training run's initialisation file is not needed.
-    cfg = load_config(configs, [*args.overrides, "model.init_weights=''"])
+    checkpoint = args.checkpoint or args.run
+    weights, run = resolve_checkpoint(checkpoint, args.weights)  # where the outputs go
+    model, cfg, meta = load_trained_model(checkpoint, args.weights, args.config, args.overrides)
     shards = args.shards or [entry.path for entry in cfg.data.val]
     out = args.out or (run / "eval" if run else Path("eval"))
 
@@ -95,8 +91,6 @@ def main(argv: list[str] | None = None) -> int:
     main_process, device = accelerator.is_main_process, accelerator.device
     say = print if main_process else (lambda *a, **k: None)
 
-    model = build_model(cfg.model, cfg.body)
-    meta = load_weights(model, weights)
     model.to(device)
     data = cfg.data
 

@@ -20,12 +20,11 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from pare.checkpoint import load_weights, resolve_checkpoint
-from pare.config import ConfigError, load_config
+from pare.checkpoint import load_trained_model
+from pare.config import ConfigError
 from pare.data.streaming.batch import normalize_images
 from pare.io_utils import write_bytes_atomic
 from pare.launch import run_entry_point
-from pare.models import build_model
 from pare.predict import (
     crop_intrinsics,
     crop_person,
@@ -66,16 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     for path in args.inputs:  # before the model loads
         if not path.exists():
             raise FileNotFoundError(f"input not found: {path}")
-    weights, run = resolve_checkpoint(args.checkpoint)
-    configs = args.config or ([run / "config.yaml"] if run else [])
-    if not configs:
-        raise ConfigError(f"no config.yaml found above {weights}: pass --config")
-    # The weights file replaces every tensor: a training run's initialisation file is not needed.
-    cfg = load_config(configs, [*args.overrides, "model.init_weights=''"])
+    model, cfg, _ = load_trained_model(args.checkpoint, "best", args.config, args.overrides)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = build_model(cfg.model, cfg.body)
-    load_weights(model, weights)
-    model.to(device).eval()
+    model.to(device)
     faces = model.smpl.faces
     size = cfg.data.crop_size
     people_file = read_people_file(args.people) if args.people else {}

@@ -18,6 +18,8 @@ import os
 import secrets
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from itertools import islice
 from pathlib import Path
 
@@ -29,14 +31,16 @@ from tqdm import tqdm
 
 from pare.body import SMPLBody
 from pare.checkpoint import (
+    CHECKPOINTS,
     DONE_MARKER,
     TRAINER_STATE,
     TrainState,
     export_weights,
+    load_initial_weights,
     resolve_resume,
     save_checkpoint,
 )
-from pare.config import ConfigError, load_config, save_config
+from pare.config import Config, ConfigError, DataConfig, OptimConfig, load_config, save_config
 from pare.data.streaming.batch import normalize_images
 from pare.data.streaming.stream import (
     StreamState,
@@ -50,7 +54,7 @@ from pare.evaluation import evaluate, metric_key
 from pare.io_utils import write_json_atomic
 from pare.launch import LaunchError, StopRequest, check_launch, peak_memory_mb, run_entry_point
 from pare.losses import pare_loss
-from pare.models import build_model
+from pare.models import PARE, build_model
 from pare.visualize import overlay
 
 log = logging.getLogger("pare.train")
@@ -76,13 +80,14 @@ def lr_factor(step: int, warmup: int, schedule: str, max_steps: int) -> float:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     cfg = load_config(args.config, args.overrides)
-    tc = cfg.train
+    train_cfg = cfg.train
 
     # ------------------------------------------------------------------ setup
-    run_dir = Path(tc.output_dir)
+    run_dir = Path(train_cfg.output_dir)
+    precision = train_cfg.mixed_precision  # "launcher": what accelerate launch was given
     accelerator = Accelerator(
-        mixed_precision=None if tc.mixed_precision == "launcher" else tc.mixed_precision,
-        gradient_accumulation_steps=tc.gradient_accumulation_steps,
+        mixed_precision=None if precision == "launcher" else precision,
+        gradient_accumulation_steps=train_cfg.gradient_accumulation_steps,
         log_with="wandb" if cfg.logging.wandb_mode != "disabled" else None,
         project_dir=str(run_dir),
         # We step the scheduler once per optimiser step ourselves; Accelerate's default would
@@ -94,39 +99,19 @@ def main(argv: list[str] | None = None) -> int:
     if main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
-        handler = logging.FileHandler(run_dir / "train.log")
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-        log.addHandler(handler)
-        log.addHandler(logging.StreamHandler(sys.stderr))
-    log.setLevel(logging.INFO if main_process else logging.WARNING)
-    set_seed(tc.seed)  # the same initial weights on every rank
+    setup_logging(run_dir, main_process)
+    set_seed(train_cfg.seed)  # the same initial weights on every rank
     device = accelerator.device
 
     # ------------------------------------------------------------------ build
     model = build_model(cfg.model, cfg.body)
-    if tc.channels_last:
+    if train_cfg.init_weights:
+        load_initial_weights(model, train_cfg.init_weights)
+    if train_cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    if tc.compile:
+    optimizer, scheduler = build_optimizer(model, cfg.optim, train_cfg.max_steps)
+    if train_cfg.compile:  # after the optimiser: the wrapper shares the model's parameters
         model = torch.compile(model)
-    optim_cls = torch.optim.AdamW if cfg.optim.optimizer == "adamw" else torch.optim.Adam
-    regressors = {id(p) for p in model_head(model).regressor_parameters()}
-    groups = [
-        {"params": [p for p in model.parameters() if id(p) not in regressors]},
-        {
-            "params": [p for p in model.parameters() if id(p) in regressors],
-            "lr": cfg.optim.lr * cfg.optim.regressor_lr_scale,
-        },
-    ]
-    optimizer = optim_cls(
-        groups,
-        lr=cfg.optim.lr,
-        betas=tuple(cfg.optim.adam_betas),
-        weight_decay=cfg.optim.weight_decay,
-    )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer,
-        lambda s: lr_factor(s, cfg.optim.warmup_steps, cfg.optim.schedule, tc.max_steps),
-    )
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     sources = sources_from_config(cfg.data.train)
     val_urls = [u for entry in cfg.data.val for u in shard_urls(entry.path)]
@@ -134,8 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     faces = accelerator.unwrap_model(model).smpl.faces
 
     # ------------------------------------------------------------------ resume
-    state, stream = TrainState(), StreamState(seed=tc.seed)
-    resume_dir = resolve_resume(run_dir, tc.resume)
+    state, stream = TrainState(), StreamState(seed=train_cfg.seed)
+    resume_dir = resolve_resume(run_dir, train_cfg.resume)
     if resume_dir is not None:
         accelerator.load_state(str(resume_dir))
         saved = json.loads((resume_dir / TRAINER_STATE).read_text())
@@ -145,213 +130,123 @@ def main(argv: list[str] | None = None) -> int:
         accelerator.project_configuration.iteration = state.step
         log.info("resumed from %s at step %d", resume_dir, state.step)
     if accelerator.log_with:
-        if not state.wandb_run_id:  # kept in checkpoints: a resumed run continues the same run
-            # A sweep agent (wandb agent) has already created the run and passes its id.
-            state.wandb_run_id = os.environ.get("WANDB_RUN_ID") or secrets.token_hex(4)
-        accelerator.init_trackers(
-            cfg.logging.project,
-            config=OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True),
-            init_kwargs={
-                "wandb": {
-                    "mode": cfg.logging.wandb_mode,
-                    "dir": str(run_dir),
-                    "id": state.wandb_run_id,
-                    "resume": "allow",
-                    "name": cfg.logging.run_name or run_dir.name,
-                    "group": cfg.logging.group or None,
-                    "tags": list(cfg.logging.tags),
-                    "entity": cfg.logging.entity or None,
-                }
-            },
-        )
-
-    def checkpoint() -> None:
-        # Every rank runs the same steps, so rank 0's stream position is every rank's.
-        counters = {"train": state.state_dict(), "stream": stream.state_dict()}
-        save_checkpoint(accelerator, run_dir, state.step, tc.keep_checkpoints, counters)
+        start_wandb(accelerator, cfg, run_dir, state)
 
     # ------------------------------------------------------------------ loop
-    stop = StopRequest(run_dir, tc.time_budget_s).install()
+    stop = StopRequest(run_dir, train_cfg.time_budget_s).install()
     accelerator.wait_for_everyone()
     if main_process and stop.stop_file.exists():  # the request that ended the previous run
         stop.stop_file.unlink()
         log.info("removed %s left by the previous run", stop.stop_file)
     accelerator.wait_for_everyone()
-    bar = tqdm(total=tc.max_steps, initial=state.step, disable=not main_process, unit="step")
+    bar = tqdm(total=train_cfg.max_steps, initial=state.step, disable=not main_process, unit="step")
+    batches = training_batches(sources, cfg.data, stream)
+    losses, timer = LossMeter(), StepTimer(state.step)
     nonfinite_in_a_row, stopped = 0, ""
-    sums: dict[str, float] = {}
-    timer = {"data": 0.0, "compute": 0.0, "samples": 0, "start": time.perf_counter()}
-    # Wall time per optimiser step (data + compute, evaluation excluded) after the first log
-    # window, which holds the warm-up (worker start, first allocations).
-    pace = {"seconds": 0.0, "steps": 0, "windows": 0, "logged_at": state.step}
     grad_norm = torch.zeros(())
     model.train()
     try:
-        while state.step < tc.max_steps and not stopped:
-            loader = train_loader(
-                sources, cfg.data, cfg.data.steps_per_epoch, epoch=stream.epoch, seed=stream.seed
-            )
-            # Fast-forward past the batches this epoch already trained on (after a resume).
-            batches = islice(loader, stream.batches, None)
-            tick = time.perf_counter()
-            for batch in batches:
-                # -- data
-                batch = {
-                    k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v
-                    for k, v in batch.items()
-                }
-                images = normalize_images(batch["image"])  # (B, 3, S, S) float, S = data.crop_size
-                if tc.channels_last:
-                    images = images.contiguous(memory_format=torch.channels_last)
-                timer["data"] += time.perf_counter() - tick
-                tick = time.perf_counter()
+        while state.step < train_cfg.max_steps and not stopped:
+            # -- data
+            batch = {
+                k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v
+                for k, v in next(batches).items()
+            }
+            images = normalize_images(batch["image"])  # (B, 3, S, S) float, S = data.crop_size
+            if train_cfg.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            timer.data_done()
 
-                # -- forward, loss, backward, step
-                with accelerator.accumulate(model):
-                    pred = model(images)
-                    loss, terms = pare_loss(pred, batch, cfg.loss)
-                    if state.step in tc.inject_nonfinite_at:
-                        loss = loss * float("nan")
-                    # Every rank must take the same branch, or DDP's all-reduce would hang.
-                    bad = accelerator.reduce((~torch.isfinite(loss.detach())).float(), "sum")
-                    finite = float(bad) == 0.0
-                    if finite:
-                        accelerator.backward(loss)
-                        if accelerator.sync_gradients:  # an infinite bound only measures
-                            grad_norm = accelerator.clip_grad_norm_(
-                                model.parameters(), cfg.optim.grad_clip_norm or float("inf")
-                            )
-                        optimizer.step()
-                        if accelerator.sync_gradients:
-                            scheduler.step()
-                    optimizer.zero_grad(set_to_none=True)
-                stream.batches += 1
-                timer["compute"] += time.perf_counter() - tick
-                timer["samples"] += len(batch["__key__"]) * accelerator.num_processes
-
-                if not finite:
-                    state.nonfinite_steps += 1
-                    nonfinite_in_a_row += 1
-                    log.warning(
-                        "non-finite loss at step %d: skipped (%d in a row)",
-                        state.step,
-                        nonfinite_in_a_row,
-                    )
-                    if nonfinite_in_a_row >= tc.max_nonfinite_steps:
-                        raise FloatingPointError(
-                            f"{nonfinite_in_a_row} non-finite losses in a row at step {state.step}; "
-                            f"stopping. The last good checkpoint is kept in {run_dir / 'checkpoints'}; "
-                            "lower optim.lr, enable optim.grad_clip_norm, or try bf16 instead of fp16."
+            # -- forward, loss, backward, step
+            with accelerator.accumulate(model):
+                pred = model(images)
+                loss, terms = pare_loss(pred, batch, cfg.loss)
+                # Every rank must take the same branch, or DDP's all-reduce would hang.
+                nonfinite_ranks = accelerator.reduce(
+                    (~torch.isfinite(loss.detach())).float(), "sum"
+                )
+                finite = float(nonfinite_ranks) == 0.0
+                if finite:
+                    accelerator.backward(loss)
+                    if accelerator.sync_gradients:  # an infinite bound only measures
+                        grad_norm = accelerator.clip_grad_norm_(
+                            model.parameters(), cfg.optim.grad_clip_norm or float("inf")
                         )
-                else:
-                    nonfinite_in_a_row = 0
-                    for name, value in {"total": loss.detach(), **terms}.items():
-                        sums[name] = sums.get(name, 0.0) + float(value)
-                    sums["_count"] = sums.get("_count", 0.0) + 1
-                if not accelerator.sync_gradients:
-                    tick = time.perf_counter()
-                    continue
-                state.step += 1
-                bar.update(1)
+                    optimizer.step()
+                    if accelerator.sync_gradients:
+                        scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            stream.batches += 1
+            timer.compute_done(len(batch["__key__"]) * accelerator.num_processes)
 
-                # -- log
-                if state.step % tc.log_every == 0 or state.step == tc.max_steps:
-                    count = max(sums.pop("_count", 0.0), 1.0)
-                    means = {k: v / count for k, v in sums.items()}
-                    means = accelerator.reduce(
-                        {k: torch.tensor(v, device=device) for k, v in means.items()}, "mean"
-                    )
-                    elapsed = time.perf_counter() - timer["start"]
-                    pace["windows"] += 1
-                    if pace["windows"] > 1:  # (the last window may be shorter)
-                        pace["seconds"] += elapsed
-                        pace["steps"] += state.step - pace["logged_at"]
-                    pace["logged_at"] = state.step
-                    metrics = {f"loss/{k}": float(v) for k, v in means.items()}
-                    metrics.update(
-                        {
-                            "lr": scheduler.get_last_lr()[0],
-                            "grad_norm": float(grad_norm),
-                            "samples_per_s": timer["samples"] / max(elapsed, 1e-9),
-                            "time/data_s": timer["data"] / tc.log_every,
-                            "time/compute_s": timer["compute"] / tc.log_every,
-                            "nonfinite_steps": state.nonfinite_steps,
-                        }
-                    )
-                    accelerator.log(metrics, step=state.step)
-                    bar.set_postfix(
-                        loss=f"{metrics.get('loss/total', float('nan')):.3f}",
-                        sps=f"{metrics['samples_per_s']:.1f}",
-                    )
-                    log.info(
-                        "step %d %s",
-                        state.step,
-                        json.dumps({k: round(v, 5) for k, v in metrics.items()}),
-                    )
-                    sums = {}
-                    timer = {
-                        "data": 0.0,
-                        "compute": 0.0,
-                        "samples": 0,
-                        "start": time.perf_counter(),
-                    }
-
-                # -- images
-                if main_process and tc.image_every and state.step % tc.image_every == 0:
-                    log_overlay(accelerator, run_dir, state.step, batch, pred, faces)
-
-                # -- evaluate
-                if val_urls and (state.step % tc.eval_every == 0 or state.step == tc.max_steps):
-                    eval_start = time.perf_counter()
-                    loader_eval = eval_loader(
-                        val_urls,
-                        cfg.data.batch_size,
-                        cfg.data.num_workers,
-                        cfg.data.crop_size,
-                        cfg.data.heatmap_size,
-                    )
-                    # The unwrapped model (autocast kept): DDP's forward could start collectives,
-                    # and ranks hold different numbers of evaluation batches. Its BatchNorm
-                    # statistics are rank 0's everywhere, as in the weights rank 0 exports.
-                    broadcast_buffers(accelerator.unwrap_model(model))
-                    result = evaluate(
-                        accelerator.unwrap_model(model), loader_eval, gt_bodies, device
-                    )
-                    metrics = {f"val/{metric_key(k)}": v for k, v in result["mean"].items()}
-                    if result["mean"]["pa_mpjpe"] < state.best_pa_mpjpe:
-                        state.best_pa_mpjpe, state.best_step = (
-                            result["mean"]["pa_mpjpe"],
-                            state.step,
-                        )
-                        if main_process:
-                            export_weights(
-                                accelerator.unwrap_model(model),
-                                run_dir / "best" / "model.safetensors",
-                                {"step": state.step, **result["mean"]},
-                            )
-                    metrics["val/best_pa_mpjpe_mm"] = state.best_pa_mpjpe
-                    accelerator.log(metrics, step=state.step)
-                    state.history[str(state.step)] = result["mean"]
-                    timer["start"] += time.perf_counter() - eval_start  # not training time
-                    log.info(
-                        "eval step %d: %s (%d samples)",
-                        state.step,
-                        json.dumps(result["mean"]),
-                        len(result["keys"]),
-                    )
-
-                # -- checkpoint and stop (collective: every rank checks at the same step)
-                if stop.local():
-                    accelerator.set_trigger()
-                if accelerator.check_trigger():
-                    stopped = stop.reason or "another rank asked to stop"
-                if stopped or state.step % tc.checkpoint_every == 0 or state.step == tc.max_steps:
-                    checkpoint()
-                if stopped or state.step >= tc.max_steps:
-                    break
-                tick = time.perf_counter()
+            if finite:
+                nonfinite_in_a_row = 0
+                losses.add({"total": loss.detach(), **terms})
             else:
-                stream.epoch, stream.batches = stream.epoch + 1, 0
+                state.nonfinite_steps += 1
+                nonfinite_in_a_row += 1
+                log.warning(
+                    "non-finite loss at step %d: skipped (%d in a row)",
+                    state.step,
+                    nonfinite_in_a_row,
+                )
+                if nonfinite_in_a_row >= train_cfg.max_nonfinite_steps:
+                    raise FloatingPointError(
+                        f"{nonfinite_in_a_row} non-finite losses in a row at step {state.step}; "
+                        f"stopping. The last good checkpoint is kept in {run_dir / CHECKPOINTS}; "
+                        "lower optim.lr, enable optim.grad_clip_norm, or try bf16 instead of fp16."
+                    )
+            if not accelerator.sync_gradients:
+                timer.restart()
+                continue
+            state.step += 1
+            bar.update(1)
+
+            # -- log
+            if due(state.step, train_cfg.log_every, train_cfg.max_steps):
+                means = accelerator.reduce(
+                    {k: torch.tensor(v, device=device) for k, v in losses.means().items()}, "mean"
+                )
+                metrics = {
+                    **{f"loss/{k}": float(v) for k, v in means.items()},
+                    "lr": scheduler.get_last_lr()[0],
+                    "grad_norm": float(grad_norm),
+                    **timer.end_window(state.step, train_cfg.log_every),
+                    "nonfinite_steps": state.nonfinite_steps,
+                }
+                accelerator.log(metrics, step=state.step)
+                bar.set_postfix(
+                    loss=f"{metrics.get('loss/total', float('nan')):.3f}",
+                    sps=f"{metrics['samples_per_s']:.1f}",
+                )
+                log.info(
+                    "step %d %s",
+                    state.step,
+                    json.dumps({k: round(v, 5) for k, v in metrics.items()}),
+                )
+                losses = LossMeter()
+
+            # -- images
+            if main_process and due(state.step, train_cfg.image_every):
+                log_overlay(accelerator, run_dir, state.step, batch, pred, faces)
+
+            # -- evaluate
+            if val_urls and due(state.step, train_cfg.eval_every, train_cfg.max_steps):
+                with timer.paused():  # not training time
+                    validate(accelerator, model, val_urls, cfg.data, gt_bodies, state, run_dir)
+
+            # -- checkpoint and stop (collective: every rank checks at the same step)
+            if stop.local():
+                accelerator.set_trigger()
+            if accelerator.check_trigger():
+                stopped = stop.reason or "another rank asked to stop"
+            if stopped or due(state.step, train_cfg.checkpoint_every, train_cfg.max_steps):
+                # Every rank runs the same steps, so rank 0's stream position is every rank's.
+                counters = {"train": state.state_dict(), "stream": stream.state_dict()}
+                save_checkpoint(
+                    accelerator, run_dir, state.step, train_cfg.keep_checkpoints, counters
+                )
+            timer.restart()
 
         # ------------------------------------------------------------------ finish
         if not parameters_in_sync(accelerator, model):
@@ -367,13 +262,13 @@ def main(argv: list[str] | None = None) -> int:
                 run_dir / "model.safetensors",
                 {"step": state.step, "config": OmegaConf.to_container(OmegaConf.structured(cfg))},
             )
-            if state.step >= tc.max_steps:  # job scripts requeue until this marker exists
+            if state.step >= train_cfg.max_steps:  # job scripts requeue until this marker exists
                 write_json_atomic(
                     run_dir / DONE_MARKER,
                     {
                         "step": state.step,
                         "best_pa_mpjpe": state.best_pa_mpjpe,
-                        "step_time_s": pace["seconds"] / pace["steps"] if pace["steps"] else None,
+                        "step_time_s": timer.step_time_s(),
                         "peak_memory_mb": memory_mb,
                         "peak_memory_kind": memory_kind,
                     },
@@ -396,9 +291,191 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def model_head(model):
-    """The PARE head under an optional torch.compile wrapper."""
-    return getattr(model, "_orig_mod", model).head
+# ---------------------------------------------------------------------- helpers of main
+
+
+def setup_logging(run_dir: Path, main_process: bool) -> None:
+    """``train.log`` in the run folder and stderr on the main process; warnings only elsewhere."""
+    if main_process:
+        handler = logging.FileHandler(run_dir / "train.log")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        log.addHandler(handler)
+        log.addHandler(logging.StreamHandler(sys.stderr))
+    log.setLevel(logging.INFO if main_process else logging.WARNING)
+
+
+def build_optimizer(
+    model: PARE, optim: OptimConfig, max_steps: int
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    """Adam or AdamW with the SMPL regressors in their own group (``lr * regressor_lr_scale``),
+    and the warmup-then-constant-or-cosine schedule over ``max_steps`` optimiser steps. Takes
+    the plain model (not a ``torch.compile`` wrapper): it reads ``model.head``."""
+    regressors = {id(p) for p in model.head.regressor_parameters()}
+    groups = [
+        {"params": [p for p in model.parameters() if id(p) not in regressors]},
+        {
+            "params": [p for p in model.parameters() if id(p) in regressors],
+            "lr": optim.lr * optim.regressor_lr_scale,
+        },
+    ]
+    optim_cls = torch.optim.AdamW if optim.optimizer == "adamw" else torch.optim.Adam
+    optimizer = optim_cls(
+        groups, lr=optim.lr, betas=tuple(optim.adam_betas), weight_decay=optim.weight_decay
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, optim.warmup_steps, optim.schedule, max_steps)
+    )
+    return optimizer, scheduler
+
+
+def start_wandb(accelerator, cfg: Config, run_dir: Path, state: TrainState) -> None:
+    """Start the W&B run. Its id is kept in ``state`` (and so in checkpoints): a resumed run
+    continues the same W&B run; under a sweep agent the agent's run id is used."""
+    if not state.wandb_run_id:
+        # A sweep agent (wandb agent) has already created the run and passes its id.
+        state.wandb_run_id = os.environ.get("WANDB_RUN_ID") or secrets.token_hex(4)
+    accelerator.init_trackers(
+        cfg.logging.project,
+        config=OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True),
+        init_kwargs={
+            "wandb": {
+                "mode": cfg.logging.wandb_mode,
+                "dir": str(run_dir),
+                "id": state.wandb_run_id,
+                "resume": "allow",
+                "name": cfg.logging.run_name or run_dir.name,
+                "group": cfg.logging.group or None,
+                "tags": list(cfg.logging.tags),
+                "entity": cfg.logging.entity or None,
+            }
+        },
+    )
+
+
+def training_batches(sources, data: DataConfig, stream: StreamState) -> Iterator[dict]:
+    """Training batches, epoch after epoch, from the stream's position: a resumed epoch skips
+    the batches it already trained on. The caller counts ``stream.batches``; the epoch moves on
+    here when one runs out."""
+    while True:
+        loader = train_loader(
+            sources, data, data.steps_per_epoch, epoch=stream.epoch, seed=stream.seed
+        )
+        yield from islice(loader, stream.batches, None)
+        stream.epoch, stream.batches = stream.epoch + 1, 0
+
+
+def due(step: int, every: int, last: int | None = None) -> bool:
+    """Whether something done every ``every`` optimiser steps (0: never) is due after ``step``;
+    always after the ``last`` step when given."""
+    return (every > 0 and step % every == 0) or step == last
+
+
+class LossMeter:
+    """Sums of the loss terms over the finite steps of one log window, for their means."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.count = 0
+
+    def add(self, terms: dict[str, torch.Tensor]) -> None:
+        for name, value in terms.items():
+            self.sums[name] = self.sums.get(name, 0.0) + float(value)
+        self.count += 1
+
+    def means(self) -> dict[str, float]:
+        """Mean of each term (empty when no step of the window was finite)."""
+        return {name: total / max(self.count, 1) for name, total in self.sums.items()}
+
+
+class StepTimer:
+    """Where a log window's time goes, and the run's step time.
+
+    Within a window: data time (fetching and moving a batch) and compute time (forward,
+    backward, step), and the samples trained. Over the run: wall time per optimiser step after
+    the first log window, which holds the warm-up (worker start, first allocations). Time spent
+    under :meth:`paused` (evaluation) counts in neither."""
+
+    def __init__(self, step: int) -> None:
+        self.seconds, self.steps, self.windows, self.logged_at = 0.0, 0, 0, step
+        self._new_window()
+
+    def _new_window(self) -> None:
+        self.data, self.compute, self.samples = 0.0, 0.0, 0
+        self.start = self.tick = time.perf_counter()
+
+    def restart(self) -> None:
+        """Start timing the next batch's data from now."""
+        self.tick = time.perf_counter()
+
+    def data_done(self) -> None:
+        now = time.perf_counter()
+        self.data, self.tick = self.data + now - self.tick, now
+
+    def compute_done(self, samples: int) -> None:
+        """``samples``: the batch's samples over all ranks."""
+        self.compute += time.perf_counter() - self.tick
+        self.samples += samples
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        begin = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.start += time.perf_counter() - begin
+
+    def end_window(self, step: int, log_every: int) -> dict[str, float]:
+        """Close the log window at ``step``: its throughput (samples/s) and the mean data and
+        compute seconds per step (over ``log_every`` steps; the last window may be shorter)."""
+        elapsed = time.perf_counter() - self.start
+        self.windows += 1
+        if self.windows > 1:
+            self.seconds += elapsed
+            self.steps += step - self.logged_at
+        self.logged_at = step
+        window = {
+            "samples_per_s": self.samples / max(elapsed, 1e-9),
+            "time/data_s": self.data / log_every,
+            "time/compute_s": self.compute / log_every,
+        }
+        self._new_window()
+        return window
+
+    def step_time_s(self) -> float | None:
+        """Seconds per optimiser step after the first log window; None before a second one."""
+        return self.seconds / self.steps if self.steps else None
+
+
+def validate(
+    accelerator,
+    model,
+    val_urls: list[str],
+    data: DataConfig,
+    gt_bodies: SMPLBody,
+    state: TrainState,
+    run_dir: Path,
+) -> None:
+    """Evaluate on the validation shards (each sample once across ranks), record the result in
+    ``state``, log ``val/*`` and export the weights to ``<run>/best`` when PA-MPJPE improves.
+    Collective: every rank must call it."""
+    loader = eval_loader(
+        val_urls, data.batch_size, data.num_workers, data.crop_size, data.heatmap_size
+    )
+    # The unwrapped model (autocast kept): DDP's forward could start collectives, and ranks
+    # hold different numbers of evaluation batches. Its BatchNorm statistics are rank 0's
+    # everywhere, as in the weights rank 0 exports.
+    unwrapped = accelerator.unwrap_model(model)
+    broadcast_buffers(unwrapped)
+    result = evaluate(unwrapped, loader, gt_bodies, accelerator.device)
+    mean = result["mean"]
+    if state.record_eval(mean) and accelerator.is_main_process:
+        export_weights(
+            unwrapped, run_dir / "best" / "model.safetensors", {"step": state.step, **mean}
+        )
+    metrics = {f"val/{metric_key(k)}": v for k, v in mean.items()}
+    metrics["val/best_pa_mpjpe_mm"] = state.best_pa_mpjpe
+    accelerator.log(metrics, step=state.step)
+    log.info("eval step %d: %s (%d samples)", state.step, json.dumps(mean), len(result["keys"]))
 
 
 def log_overlay(accelerator, run_dir: Path, step: int, batch: dict, pred: dict, faces) -> None:

@@ -6,8 +6,6 @@ the heatmap size (PARE's default: 224 -> 56).
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 from torch import nn
 
@@ -78,27 +76,4 @@ def build_model(model_cfg, body_cfg) -> PARE:
     if model_cfg.mean_params:
         set_mean_params(head, model_cfg.mean_params)
     # The neutral body alone: the head predicts no gender. Its buffers stay out of checkpoints.
-    model = PARE(backbone, head, SMPLBody(body_cfg.model_path, genders=("neutral",)))
-    if model_cfg.init_weights:
-        load_initial_weights(model, model_cfg.init_weights)
-    return model
-
-
-def load_initial_weights(model: nn.Module, path: str) -> list[str]:
-    """Load a weights file into ``model``; every tensor in the file must fit the model, and the
-    model's own extras (e.g. the attention block) keep their initialisation. Returns those."""
-    from safetensors.torch import load_file
-
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"model.init_weights not found: {path}")
-    state = load_file(path)
-    own = model.state_dict()
-    unknown = sorted(set(state) - set(own))
-    misfit = sorted(k for k in state if k in own and state[k].shape != own[k].shape)
-    if unknown or misfit:
-        raise ValueError(
-            f"{path} does not fit this model: unknown {unknown[:5]}, other shapes {misfit[:5]} "
-            "(was it exported from another backbone or head size?)"
-        )
-    model.load_state_dict(state, strict=False)
-    return sorted(set(own) - set(state))
+    return PARE(backbone, head, SMPLBody(body_cfg.model_path, genders=("neutral",)))

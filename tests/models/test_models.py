@@ -336,37 +336,3 @@ def test_a_small_model_overfits_8_synthetic_samples(packed):
 
 
 OVERFIT_STEPS = 200  # about 120 are needed on the synthetic data
-
-
-def test_initial_weights_start_the_attention_variant_as_the_vanilla_network(tmp_path):
-    from pare.checkpoint import export_weights
-
-    small = ["model.backbone=hrnet_w18_small", "model.branch_channels=16", "model.branch_layers=1"]
-    torch.manual_seed(0)
-    vanilla = _model(*small[1:])
-    export_weights(vanilla, tmp_path / "init.safetensors")
-    torch.manual_seed(123)  # another draw: the file must decide
-    cfg = load_config(
-        [],
-        [
-            *small,
-            "model.attention.enabled=true",
-            f"model.init_weights={tmp_path / 'init.safetensors'}",
-        ],
-    )
-    variant = build_model(cfg.model, cfg.body)
-    own, shared = variant.state_dict(), vanilla.state_dict()
-    for name, value in shared.items():
-        assert torch.equal(own[name], value), name
-    assert {n for n in own if n not in shared} and all(
-        "attention" in n for n in own if n not in shared
-    )
-    vanilla.eval(), variant.eval()
-    x = torch.randn(2, 3, 224, 224)
-    with torch.no_grad():
-        torch.testing.assert_close(variant(x)["rotmat"], vanilla(x)["rotmat"], atol=0, rtol=0)
-    other = load_config(
-        [], ["model.backbone=resnet18", f"model.init_weights={tmp_path / 'init.safetensors'}"]
-    )
-    with pytest.raises(ValueError, match="does not fit this model"):
-        build_model(other.model, other.body)

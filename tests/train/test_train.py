@@ -25,6 +25,8 @@ from tests.conftest import accelerate_launch
 
 ROOT = Path(__file__).parents[2]
 TRAIN = ROOT / "train" / "train.py"
+# train.py with NaN losses at given steps (the first argument), for the non-finite guard.
+NONFINITE_TRAIN = Path(__file__).with_name("nonfinite_train.py")
 ENV = dict(os.environ, OMP_NUM_THREADS="1", WANDB_SILENT="true")
 pytestmark = pytest.mark.slow
 
@@ -50,8 +52,13 @@ def _args(packed, out, *extra):
     ]
 
 
-def _train(args, launcher=(), check=True, timeout=600, env=None):
-    cmd = [*launcher, str(TRAIN), *args] if launcher else [sys.executable, str(TRAIN), *args]
+def _train(args, launcher=(), check=True, timeout=600, env=None, nan_at=()):
+    if nan_at:  # one process only
+        cmd = [sys.executable, str(NONFINITE_TRAIN), ",".join(map(str, nan_at)), *args]
+    elif launcher:
+        cmd = [*launcher, str(TRAIN), *args]
+    else:
+        cmd = [sys.executable, str(TRAIN), *args]
     out = subprocess.run(cmd, env=env or ENV, capture_output=True, text=True, timeout=timeout)
     if check:
         assert out.returncode == 0, out.stderr[-4000:]
@@ -79,11 +86,10 @@ def offline_run(packed, tmp_path_factory):
         "train.image_every=3",
         "train.checkpoint_every=3",
         "train.keep_checkpoints=1",
-        "train.inject_nonfinite_at=[1]",
         "logging.wandb_mode=offline",
     ]
     # As under a sweep agent, which creates the W&B run and passes its id.
-    _train(_args(packed, out, *extra), env=dict(ENV, WANDB_RUN_ID="sweep0001"))
+    _train(_args(packed, out, *extra), env=dict(ENV, WANDB_RUN_ID="sweep0001"), nan_at=[1])
     return out
 
 
@@ -130,12 +136,8 @@ def test_checkpoints_are_complete_pruned_and_weights_load(offline_run):
 def test_non_finite_steps_are_skipped_and_too_many_abort(packed, tmp_path):
     # Every step non-finite but under the limit: no parameter moves (BatchNorm statistics do).
     out = tmp_path / "skipped"
-    extra = [
-        "train.max_steps=3",
-        "train.inject_nonfinite_at=[0,1,2]",
-        "train.max_nonfinite_steps=5",
-    ]
-    _train(_args(packed, out, *extra))
+    extra = ["train.max_steps=3", "train.max_nonfinite_steps=5"]
+    _train(_args(packed, out, *extra), nan_at=[0, 1, 2])
     cfg = load_config([out / "config.yaml"], [])
     torch.manual_seed(0)
     from accelerate.utils import set_seed
@@ -150,10 +152,9 @@ def test_non_finite_steps_are_skipped_and_too_many_abort(packed, tmp_path):
     extra = [
         "train.max_steps=8",
         "train.checkpoint_every=2",
-        "train.inject_nonfinite_at=[3,4,5,6,7]",
         "train.max_nonfinite_steps=3",
     ]
-    result = _train(_args(packed, out, *extra), check=False)
+    result = _train(_args(packed, out, *extra), check=False, nan_at=[3, 4, 5, 6, 7])
     assert result.returncode != 0
     assert "3 non-finite losses in a row" in result.stderr
     # Steps 4-6 are non-finite: the abort comes after step 6 and saves nothing; the checkpoints
@@ -501,7 +502,8 @@ def test_compare_trains_both_variants_from_one_initialisation(packed, tmp_path):
     assert all(results[v]["step_time_s"] > 0 and results[v]["peak_memory_mb"] > 0 for v in results)
     # Same seed, data, budget and initialisation; only the attention switch differs.
     cfgs = {v: load_config([out / v / "config.yaml"]) for v in ("vanilla", "attention")}
-    assert cfgs["vanilla"].model.init_weights == cfgs["attention"].model.init_weights
+    assert cfgs["vanilla"].train.init_weights == cfgs["attention"].train.init_weights
+    assert cfgs["vanilla"].train.init_weights == str(out / "init.safetensors")
     assert cfgs["vanilla"].train.seed == cfgs["attention"].train.seed
     assert cfgs["vanilla"].data == cfgs["attention"].data
     assert (cfgs["vanilla"].model.attention.enabled, cfgs["attention"].model.attention.enabled) == (
