@@ -31,7 +31,8 @@ _STEP_DIR = re.compile(r"^step-(\d{7,})$")
 
 @dataclass
 class TrainState:
-    """Counters that must survive a resume (registered with ``register_for_checkpointing``)."""
+    """Counters that must survive a resume, saved as JSON beside Accelerate's state by
+    :func:`save_checkpoint` (``trainer_state.json``) and read back by train/train.py."""
 
     step: int = 0
     nonfinite_steps: int = 0

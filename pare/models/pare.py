@@ -6,6 +6,8 @@ the heatmap size (PARE's default: 224 -> 56).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
@@ -20,6 +22,9 @@ from pare.geometry import (
 from pare.models.attention import PartSelfAttention
 from pare.models.backbones import build_backbone
 from pare.models.head import NUM_PARTS, PareHead, set_mean_params
+
+if TYPE_CHECKING:  # types only: the model package does not import the config module
+    from pare.config import BodyConfig, ModelConfig
 
 
 class PARE(nn.Module):
@@ -50,7 +55,7 @@ class PARE(nn.Module):
         return out
 
 
-def build_model(model_cfg, body_cfg) -> PARE:
+def build_model(model_cfg: ModelConfig, body_cfg: BodyConfig) -> PARE:
     """PARE from a :class:`pare.config.ModelConfig` and :class:`pare.config.BodyConfig`."""
     backbone = build_backbone(model_cfg.backbone, model_cfg.backbone_weights)
     att = model_cfg.attention
