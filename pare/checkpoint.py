@@ -16,17 +16,20 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from pare.config import Config, ConfigError, load_config
-from pare.models import PARE, build_model
 
 CHECKPOINTS = "checkpoints"
 COMPLETE = "COMPLETE"
 TRAINER_STATE = "trainer_state.json"
 DONE_MARKER = "DONE"  # written by train.py when a run reaches train.max_steps
 _STEP_DIR = re.compile(r"^step-(\d{7,})$")
+
+if TYPE_CHECKING:
+    from pare.models import PARE
 
 
 @dataclass
@@ -52,7 +55,7 @@ class TrainState:
         """Keep an evaluation of the current step (metric -> mean, PA-MPJPE in mm) in the
         history; True when its PA-MPJPE is the best so far (then ``best_*`` follow it)."""
         self.history[str(self.step)] = mean
-        if mean["pa_mpjpe"] >= self.best_pa_mpjpe:
+        if not mean["pa_mpjpe"] < self.best_pa_mpjpe:  # a NaN evaluation is never the best
             return False
         self.best_pa_mpjpe, self.best_step = mean["pa_mpjpe"], self.step
         return True
@@ -204,6 +207,9 @@ def load_trained_model(
     if not files:
         raise ConfigError(f"no config.yaml found above {weights}: pass --config")
     cfg = load_config(files, overrides)
+    # Imported here: the checkpoint-folder helpers above serve tools that need no model code.
+    from pare.models import build_model
+
     model = build_model(cfg.model, cfg.body)
     meta = load_weights(model, weights)  # every tensor: the random draw above is replaced
     return model.eval(), cfg, meta

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import warnings
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
@@ -101,7 +102,11 @@ class DataConfig:
     def heatmap_size(self) -> int:
         """Side of the part heatmaps and part labels (px): the model's part maps come out at a
         quarter of the input, so this is derived, never set."""
-        return self.crop_size // 4
+        # The one definition lives with the per-sample fields; imported here so that reading a
+        # config does not load the body model (and torch) with them.
+        from pare.data.fields import heatmap_size
+
+        return heatmap_size(self.crop_size)
 
     def __post_init__(self) -> None:
         if not self.train:
@@ -215,7 +220,7 @@ class TrainConfig:
     max_nonfinite_steps: int = 20  # abort after this many non-finite losses in a row
     channels_last: bool = False
     compile: bool = False  # torch.compile the model
-    image_every: int = 2000  # W&B overlay images (predicted vs ground truth) every N steps
+    image_every: int = 2000  # overlay images (predicted vs ground truth) every N steps; 0 = none
     # Exported weights (.safetensors) to start from, loaded after the model is built. Parameters
     # the file lacks keep their fresh initialisation: vanilla weights start the attention
     # variant (its gate at 0) as the same network, which is how train/compare.py gives both
@@ -226,6 +231,12 @@ class TrainConfig:
         _check_choice(
             "train", "mixed_precision", self.mixed_precision, ("launcher", "no", "bf16", "fp16")
         )
+        # Cadences are step counts: 0 would divide by zero in the loop, a negative never fires.
+        for name in ("log_every", "eval_every", "checkpoint_every", "gradient_accumulation_steps"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"train.{name}={getattr(self, name)} must be at least 1")
+        if self.image_every < 0:
+            raise ConfigError(f"train.image_every={self.image_every} must be >= 0 (0 = no images)")
 
 
 @dataclass
@@ -302,6 +313,61 @@ def _merge(base: DictConfig, override: DictConfig, source: str) -> DictConfig:
         raise ConfigError(f"{source}: bad value for '{key}': {str(e).splitlines()[0]}") from None
 
 
+# Settings that earlier versions wrote into every run folder's config.yaml and that no longer
+# exist, so that those runs still evaluate and resume: key -> (the value that means what the
+# code does now, why the key went). A file with that value loads with a warning; any other value
+# is an error naming the key. The command line gets the plain unknown-key error.
+_REMOVED_KEYS: dict[str, tuple[Any, str]] = {
+    "body.gender": (
+        None,
+        "never read: evaluation uses each sample's gender, the model the neutral body",
+    ),
+    "body.num_betas": (10, "the head always predicts 10 betas"),
+    "data.heatmap_size": ("crop_size // 4", "derived from data.crop_size (a quarter of it)"),
+    "train.inject_nonfinite_at": ([], "a testing hook; tests patch the loss instead"),
+}
+_MOVED_KEYS = {"model.init_weights": "train.init_weights"}
+
+
+def _migrate(container: dict, source: str) -> dict:
+    """Drop or move the settings of :data:`_REMOVED_KEYS` / :data:`_MOVED_KEYS` in a loaded YAML
+    mapping (and the never-read ``name`` of data sources), warning once per file."""
+    notes: list[str] = []
+    for key, (expected, why) in _REMOVED_KEYS.items():
+        section, name = key.split(".")
+        part = container.get(section)
+        if not isinstance(part, dict) or name not in part:
+            continue
+        value = part.pop(name)
+        if expected == "crop_size // 4":
+            expected = part.get("crop_size", DataConfig.crop_size) // 4
+        if expected is not None and value != expected:
+            raise ConfigError(
+                f"{source}: '{key}' was removed ({why}); {value!r} is not what the "
+                f"code now does ({expected!r}): delete the key"
+            )
+        notes.append(key)
+    for old, new in _MOVED_KEYS.items():
+        (old_section, old_name), (new_section, new_name) = old.split("."), new.split(".")
+        part = container.get(old_section)
+        if isinstance(part, dict) and old_name in part:
+            value = part.pop(old_name)
+            if value:
+                container.setdefault(new_section, {}).setdefault(new_name, value)
+            notes.append(f"{old} -> {new}")
+    for split in ("train", "val"):
+        for entry in (container.get("data") or {}).get(split) or []:
+            if isinstance(entry, dict) and entry.pop("name", None) is not None:
+                notes.append(f"data.{split}[].name")
+    if notes:
+        warnings.warn(
+            f"{source}: settings of an earlier version ignored or moved: "
+            f"{', '.join(dict.fromkeys(notes))}",
+            stacklevel=3,
+        )
+    return container
+
+
 def load_config(
     files: list[str | os.PathLike] | tuple = (), overrides: list[str] | tuple = ()
 ) -> Config:
@@ -314,6 +380,7 @@ def load_config(
         loaded = OmegaConf.load(path)
         if not isinstance(loaded, DictConfig):
             raise ConfigError(f"{path}: expected a mapping of config sections at the top level")
+        loaded = OmegaConf.create(_migrate(OmegaConf.to_container(loaded), str(path)))
         cfg = _merge(cfg, loaded, str(path))
     for item in overrides:
         if "=" not in item:

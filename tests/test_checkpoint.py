@@ -108,3 +108,46 @@ def test_a_trained_model_loads_back_from_a_run_a_checkpoint_or_a_file(tmp_path):
     save_config(cfg, unfinished / "config.yaml")  # a run that exported nothing yet
     with pytest.raises(FileNotFoundError, match="model weights not found"):
         load_trained_model(unfinished)
+
+
+def test_an_evaluation_is_best_only_when_its_pa_mpjpe_is_lower(tmp_path):
+    from pare.checkpoint import TrainState
+
+    state = TrainState(step=10)
+    assert state.record_eval({"pa_mpjpe": 90.0}) and state.best_pa_mpjpe == 90.0
+    state.step = 20
+    assert not state.record_eval({"pa_mpjpe": 90.0})  # equal is not better
+    state.step = 30
+    assert not state.record_eval({"pa_mpjpe": float("nan")})  # a diverged model never is
+    state.step = 40
+    assert state.record_eval({"pa_mpjpe": 70.0})
+    assert (state.best_pa_mpjpe, state.best_step) == (70.0, 40)
+    assert sorted(state.history) == ["10", "20", "30", "40"]
+
+
+def test_training_starts_from_train_init_weights(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "train_script", Path(__file__).parents[1] / "train" / "train.py"
+    )
+    train = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train)
+    vanilla, _ = _model()
+    export_weights(vanilla, tmp_path / "init.safetensors")
+    torch.manual_seed(123)  # another draw: only the file can make the weights equal
+    cfg = load_config(
+        [],
+        [*SMALL, "model.attention.enabled=true", f"train.init_weights={tmp_path}/init.safetensors"],
+    )
+    model = train.build_training_model(cfg)
+    own = model.state_dict()
+    for name, value in vanilla.state_dict().items():
+        assert torch.equal(own[name], value), name
+    torch.manual_seed(123)
+    cfg = load_config([], [*SMALL, "model.attention.enabled=true"])
+    assert not torch.equal(
+        train.build_training_model(cfg).state_dict()["head.part_logits.weight"],
+        vanilla.state_dict()["head.part_logits.weight"],
+    )

@@ -154,3 +154,49 @@ def test_sweep_parameters_are_config_keys_and_the_command_passes_them_as_overrid
                 node = getattr(node, part)
             assert str(node).lower() == str(value).lower() or float(node) == float(value)
     assert sweep["metric"]["name"] == "val/pa_mpjpe_mm"  # what train.py logs
+
+
+@pytest.mark.parametrize(
+    ("override", "pattern"),
+    [
+        ("train.log_every=0", r"train\.log_every=0 must be at least 1"),
+        ("train.eval_every=0", r"train\.eval_every=0 must be at least 1"),
+        ("train.checkpoint_every=-1", r"train\.checkpoint_every=-1 must be at least 1"),
+        ("train.gradient_accumulation_steps=0", r"gradient_accumulation_steps=0 must be"),
+        ("train.image_every=-5", r"train\.image_every=-5 must be >= 0"),
+    ],
+)
+def test_step_cadences_must_be_positive(override, pattern):
+    with pytest.raises(ConfigError, match=pattern):
+        load_config([], [override])
+    assert load_config([], ["train.image_every=0"]).train.image_every == 0
+
+
+def test_a_run_folder_of_an_earlier_version_still_loads(tmp_path):
+    # The settings every config.yaml written before they were removed or moved still holds.
+    old = tmp_path / "config.yaml"
+    old.write_text(
+        "body: {model_path: standin, gender: neutral, num_betas: 10}\n"
+        "data:\n"
+        "  train: [{name: 3dpw, path: a, weight: 0.5}]\n"
+        "  val: [{name: 3dpw, path: b, weight: 1.0}]\n"
+        "  crop_size: 128\n"
+        "  heatmap_size: 32\n"
+        "model: {init_weights: init.safetensors}\n"
+        "train: {inject_nonfinite_at: []}\n"
+    )
+    with pytest.warns(UserWarning, match=r"body\.gender, body\.num_betas, data\.heatmap_size"):
+        cfg = load_config([old])
+    assert cfg.train.init_weights == "init.safetensors"
+    assert [(s.path, s.weight) for s in cfg.data.train] == [("a", 0.5)]
+    assert cfg.data.heatmap_size == 32
+    # A value that would mean other behaviour than today's is refused by name.
+    old.write_text("data: {crop_size: 128, heatmap_size: 56}\n")
+    with pytest.raises(ConfigError, match=r"'data\.heatmap_size' was removed .* delete the key"):
+        load_config([old])
+    old.write_text("body: {num_betas: 16}\n")
+    with pytest.raises(ConfigError, match=r"'body\.num_betas' was removed"):
+        load_config([old])
+    # On the command line a removed key is simply unknown.
+    with pytest.raises(ConfigError, match=r"unknown config key 'body\.num_betas'"):
+        load_config([], ["body.num_betas=10"])

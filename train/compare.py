@@ -101,9 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         model, run_cfg, _ = load_trained_model(run, which="final")
         urls = [u for entry in run_cfg.data.val for u in shard_urls(entry.path)]
         data = run_cfg.data
-        loader = eval_loader(
-            urls, data.batch_size, data.num_workers, data.crop_size, data.heatmap_size
-        )
+        loader = eval_loader(urls, data.batch_size, data.num_workers, data.crop_size)
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         gt_bodies = SMPLBody(run_cfg.body.model_path).to(device)
         metrics = evaluate(model.to(device), loader, gt_bodies, device)

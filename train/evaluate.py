@@ -95,9 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     data = cfg.data
 
     def loader(urls: list[str]):
-        return eval_loader(
-            urls, data.batch_size, data.num_workers, data.crop_size, data.heatmap_size
-        )
+        return eval_loader(urls, data.batch_size, data.num_workers, data.crop_size)
 
     name = f"PARE ({cfg.model.backbone}, step {meta.get('step', '?')})"
     models = {name: model}

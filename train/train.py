@@ -104,11 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     device = accelerator.device
 
     # ------------------------------------------------------------------ build
-    model = build_model(cfg.model, cfg.body)
-    if train_cfg.init_weights:
-        load_initial_weights(model, train_cfg.init_weights)
-    if train_cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model = build_training_model(cfg)
     optimizer, scheduler = build_optimizer(model, cfg.optim, train_cfg.max_steps)
     if train_cfg.compile:  # after the optimiser: the wrapper shares the model's parameters
         model = torch.compile(model)
@@ -225,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
                     json.dumps({k: round(v, 5) for k, v in metrics.items()}),
                 )
                 losses = LossMeter()
+                timer.next_window()
 
             # -- images
             if main_process and due(state.step, train_cfg.image_every):
@@ -364,6 +361,18 @@ def training_batches(sources, data: DataConfig, stream: StreamState) -> Iterator
         stream.epoch, stream.batches = stream.epoch + 1, 0
 
 
+def build_training_model(cfg: Config) -> torch.nn.Module:
+    """The model as a run starts it: built from ``cfg.model``/``cfg.body``, then
+    ``train.init_weights`` loaded over it (tensors the file lacks keep their initialisation),
+    channels-last if asked. A resume later replaces the weights with its checkpoint's."""
+    model = build_model(cfg.model, cfg.body)
+    if cfg.train.init_weights:
+        load_initial_weights(model, cfg.train.init_weights)
+    if cfg.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
 def due(step: int, every: int, last: int | None = None) -> bool:
     """Whether something done every ``every`` optimiser steps (0: never) is due after ``step``;
     always after the ``last`` step when given."""
@@ -438,8 +447,11 @@ class StepTimer:
             "time/data_s": self.data / log_every,
             "time/compute_s": self.compute / log_every,
         }
-        self._new_window()
         return window
+
+    def next_window(self) -> None:
+        """Start the next log window (after the closed one has been logged)."""
+        self._new_window()
 
     def step_time_s(self) -> float | None:
         """Seconds per optimiser step after the first log window; None before a second one."""
@@ -458,9 +470,7 @@ def validate(
     """Evaluate on the validation shards (each sample once across ranks), record the result in
     ``state``, log ``val/*`` and export the weights to ``<run>/best`` when PA-MPJPE improves.
     Collective: every rank must call it."""
-    loader = eval_loader(
-        val_urls, data.batch_size, data.num_workers, data.crop_size, data.heatmap_size
-    )
+    loader = eval_loader(val_urls, data.batch_size, data.num_workers, data.crop_size)
     # The unwrapped model (autocast kept): DDP's forward could start collectives, and ranks
     # hold different numbers of evaluation batches. Its BatchNorm statistics are rank 0's
     # everywhere, as in the weights rank 0 exports.

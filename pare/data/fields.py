@@ -8,7 +8,7 @@ and bookkeeping). Pixel coordinates are in the crop a sample travels with: the s
 shard, the network input in a batch.
 
 Shapes are per sample; ``"S"`` stands for the network input side (``data.crop_size``) and
-``"H"`` for the heatmap side (``data.heatmap_size`` = S / 4). The order of :data:`FIELDS` is the
+``"H"`` for the heatmap side (:func:`heatmap_size`: S / 4). The order of :data:`FIELDS` is the
 npz member order, so it must not change for fields already packed.
 """
 
@@ -106,8 +106,18 @@ NPZ_FIELDS: dict[str, tuple[tuple[int, ...], type]] = {
 BATCH_FIELDS: tuple[Field, ...] = tuple(f for f in FIELDS if f.in_batch)
 
 
-def field_shape(name: str, crop_size: int = 224, heatmap_size: int = 56) -> tuple[int, ...]:
-    """Per-sample shape of field ``name`` at a given crop size (S) and heatmap size (H).
-    Raises KeyError for an unknown field."""
-    sizes = {"S": crop_size, "H": heatmap_size}
+# Every backbone's part maps come out at a quarter of the crop (PARE: 224 -> 56).
+HEATMAP_STRIDE = 4
+
+
+def heatmap_size(crop_size: int) -> int:
+    """Side H of the part heatmaps and of the batch's part labels, in pixels, for crops of side
+    S = ``crop_size``: S / 4. Derived, never configured, so the two cannot disagree."""
+    return crop_size // HEATMAP_STRIDE
+
+
+def field_shape(name: str, crop_size: int = 224) -> tuple[int, ...]:
+    """Per-sample shape of field ``name`` for crops of side S = ``crop_size`` (and heatmaps of
+    :func:`heatmap_size`). Raises KeyError for an unknown field."""
+    sizes = {"S": crop_size, "H": heatmap_size(crop_size)}
     return tuple(sizes.get(d, d) for d in FIELDS_BY_NAME[name].shape)

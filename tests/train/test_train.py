@@ -360,7 +360,7 @@ def test_evaluate_checkpoint_on_3dpw_and_mpii_with_export_and_wandb(
     load_weights(model, weights)
     model.eval()
     urls = shard_urls(str(packed / "3dpw_val"))
-    batch = next(iter(eval_loader(urls, 2, 0, cfg.data.crop_size, cfg.data.heatmap_size)))
+    batch = next(iter(eval_loader(urls, 2, 0, cfg.data.crop_size)))
 
     with torch.no_grad():
         fields = export_fields(model(normalize_images(batch["image"])), batch)

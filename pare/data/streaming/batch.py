@@ -33,12 +33,12 @@ def collate(items: list[dict]) -> dict[str, torch.Tensor]:
     return batch
 
 
-def check_batch(batch: dict, crop_size: int = 224, heatmap_size: int = 56) -> None:
+def check_batch(batch: dict, crop_size: int = 224) -> None:
     """Raise AssertionError naming the first field that breaks the contract."""
     size = len(batch["__key__"])
     for name, dtype in BATCH_DTYPES.items():
         value = batch[name]
-        expected = (size, *field_shape(name, crop_size, heatmap_size))
+        expected = (size, *field_shape(name, crop_size))
         if tuple(value.shape) != expected or value.dtype != dtype:
             raise AssertionError(
                 f"batch[{name!r}] is {tuple(value.shape)} {value.dtype}, expected {expected} {dtype}"

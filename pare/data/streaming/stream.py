@@ -39,7 +39,7 @@ from pare.data.streaming.augment import AugmentParams, augment, draw_params
 from pare.data.streaming.batch import collate
 
 if TYPE_CHECKING:
-    from pare.config import DataConfig
+    from pare.config import AugmentConfig, DataConfig, DatasetSource
 
 
 @dataclass
@@ -200,15 +200,14 @@ class DecodeAugment:
 
     def __init__(
         self,
-        augment_cfg,
+        augment_cfg: AugmentConfig | None,
         dataset_index: int,
         seed: int,
         crop_size: int,
-        heatmap_size: int,
         train: bool,
     ):
         self.cfg, self.index, self.seed = augment_cfg, dataset_index, seed
-        self.crop_size, self.heatmap_size, self.train = crop_size, heatmap_size, train
+        self.crop_size, self.train = crop_size, train
         self._rng: np.random.Generator | None = None
 
     def __call__(self, raw: dict) -> dict:
@@ -217,7 +216,7 @@ class DecodeAugment:
             self._rng = np.random.default_rng(_seed(self.seed, rank, _worker()[0], self.index))
         sample = decode_sample(raw)
         params = draw_params(self._rng, self.cfg) if self.train else AugmentParams()
-        return to_item(augment(sample, params, self.crop_size, self.heatmap_size), self.index)
+        return to_item(augment(sample, params, self.crop_size), self.index)
 
 
 class _WorkerSeed:
@@ -257,9 +256,7 @@ def _dataset_pipeline(
             initial=min(cfg.shuffle_buffer, 100),
             rng=random.Random(seed + index),
         ),
-        wds.map(
-            DecodeAugment(cfg.augment, index, seed, cfg.crop_size, cfg.heatmap_size, train=True)
-        ),
+        wds.map(DecodeAugment(cfg.augment, index, seed, cfg.crop_size, train=True)),
     )
 
 
@@ -277,7 +274,7 @@ class WeightedMix(IterableDataset):
             yield next(iterators[rng.choice(len(iterators), p=probs)])
 
 
-def sources_from_config(entries) -> list[ShardSource]:
+def sources_from_config(entries: list[DatasetSource]) -> list[ShardSource]:
     """``data.train`` / ``data.val`` entries ({path, weight}) -> stream sources."""
     return [ShardSource(shard_urls(e.path), e.weight) for e in entries]
 
@@ -312,11 +309,10 @@ class EvalSamples(IterableDataset):
         self,
         urls: list[str],
         crop_size: int = 224,
-        heatmap_size: int = 56,
         dataset_index: int = 0,
     ) -> None:
         self.urls = urls
-        self.convert = DecodeAugment(None, dataset_index, 0, crop_size, heatmap_size, train=False)
+        self.convert = DecodeAugment(None, dataset_index, 0, crop_size, train=False)
 
     def __iter__(self):
         rank, world = rank_and_world()
@@ -333,11 +329,10 @@ def eval_loader(
     batch_size: int,
     num_workers: int = 0,
     crop_size: int = 224,
-    heatmap_size: int = 56,
 ) -> torch.utils.data.DataLoader:
     """Batches of every sample of ``urls`` once (see :class:`EvalSamples`), unaugmented, images
-    (B, 3, S, S) for S = ``crop_size`` and part labels (B, H, H) for H = ``heatmap_size``."""
-    dataset = EvalSamples(urls, crop_size, heatmap_size)
+    (B, 3, S, S) for S = ``crop_size`` and part labels (B, H, H) for H = S / 4."""
+    dataset = EvalSamples(urls, crop_size)
     return torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate
     )
