@@ -36,6 +36,16 @@ def _check_choice(section: str, name: str, value: Any, choices: tuple) -> None:
         )
 
 
+# Every backbone's part maps come out at a quarter of the crop (PARE: 224 -> 56).
+HEATMAP_STRIDE = 4
+
+
+def heatmap_size(crop_size: int) -> int:
+    """Side H of the part heatmaps and of the batch's part labels, in pixels, for crops of side
+    S = ``crop_size``: S / 4. Derived, never configured, so the two cannot disagree."""
+    return crop_size // HEATMAP_STRIDE
+
+
 @dataclass
 class BodyConfig:
     """Which SMPL files to use: a folder of SMPL_{NEUTRAL,MALE,FEMALE}.{pkl,npz}, or 'standin'.
@@ -102,10 +112,6 @@ class DataConfig:
     def heatmap_size(self) -> int:
         """Side of the part heatmaps and part labels (px): the model's part maps come out at a
         quarter of the input, so this is derived, never set."""
-        # The one definition lives with the per-sample fields; imported here so that reading a
-        # config does not load the body model (and torch) with them.
-        from pare.data.fields import heatmap_size
-
         return heatmap_size(self.crop_size)
 
     def __post_init__(self) -> None:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pare.body.joints import UNIFIED
+from pare.config import heatmap_size
 
 
 @dataclass(frozen=True)
@@ -104,16 +105,6 @@ NPZ_FIELDS: dict[str, tuple[tuple[int, ...], type]] = {
 
 # The fields of a batch, in batch order.
 BATCH_FIELDS: tuple[Field, ...] = tuple(f for f in FIELDS if f.in_batch)
-
-
-# Every backbone's part maps come out at a quarter of the crop (PARE: 224 -> 56).
-HEATMAP_STRIDE = 4
-
-
-def heatmap_size(crop_size: int) -> int:
-    """Side H of the part heatmaps and of the batch's part labels, in pixels, for crops of side
-    S = ``crop_size``: S / 4. Derived, never configured, so the two cannot disagree."""
-    return crop_size // HEATMAP_STRIDE
 
 
 def field_shape(name: str, crop_size: int = 224) -> tuple[int, ...]:

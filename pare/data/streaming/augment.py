@@ -6,7 +6,7 @@ stored crop to the model input; a horizontal flip mirrors the result and swaps l
 
 Sizes: the stored crop (from the shard) is square with side ``stored_size``, the person box
 (side stored_size / 2) centred in it; the model input has side ``crop_size`` (S) and the part
-labels H = S / 4 (:func:`pare.data.fields.heatmap_size`).
+labels H = S / 4 (:func:`pare.config.heatmap_size`).
 
 Rotation is counter-clockwise on screen by ``rotation_deg``; with image y pointing down this is a
 rotation of the camera-frame body about the optical axis by the negative angle.
@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image
 
 from pare.body.joints import H36M_FLIP, SMPL_FLIP, UNIFIED, UNIFIED_FLIP
-from pare.data.fields import heatmap_size
+from pare.config import heatmap_size
 
 # Extreme crops (as in PARE/EFT's training): the box around a subset of the UNIFIED keypoints.
 EXTREME_CROPS = {
@@ -176,7 +176,7 @@ def augment(sample: dict, params: AugmentParams, crop_size: int = 224) -> dict:
     """Apply ``params`` to a decoded sample (see :func:`pare.data.streaming.stream.decode_sample`).
 
     Returns new arrays: ``image`` (S, S, 3) uint8 for S = ``crop_size``, ``part_labels`` (H, H)
-    uint8 for H = S / 4 (:func:`pare.data.fields.heatmap_size`), ``keypoints_2d`` in input pixels, and the SMPL, 3D joints
+    uint8 for H = S / 4 (:func:`pare.config.heatmap_size`), ``keypoints_2d`` in input pixels, and the SMPL, 3D joints
     and intrinsics moved accordingly.
     """
     heatmap = heatmap_size(crop_size)
