@@ -152,13 +152,16 @@ class AttentionConfig:
 
 @dataclass
 class ModelConfig:
-    """PARE as released by default; the small backbones are for CPU runs and tests."""
+    """PARE's architecture by default, from random backbone weights (configs/hrnet_w32.yaml
+    starts from PARE's pretrained ones); the small backbones are for CPU runs and tests."""
 
     backbone: str = "hrnet_w32"
-    # "" = random init (no network at construction); a local .pth/.safetensors file (timm or
-    # PARE/HRNet checkpoints, including the COCO-keypoint HRNet-W32); "timm" = timm's
-    # pretrained weights (needs the network once).
-    backbone_weights: str = ""
+    # "random" = a deliberate random start (CPU runs, tests); a local .pth/.safetensors file
+    # (timm or PARE/HRNet checkpoints; the PARE configs name the COCO-keypoint HRNet-W32 or
+    # torchvision's ImageNet ResNet-50 under data/pretrained/, see pare/pretrained.py); "timm" =
+    # timm's pretrained weights (needs the network once). A named file that is missing stops
+    # train.py at once. "" is read as "random": earlier run folders' config.yaml spell it so.
+    backbone_weights: str = "random"
     # SPIN-format mean parameters to start predictions from (smpl_mean_params.npz: pose, shape,
     # cam); "" = identity joint rotations, the body upright, zero betas, camera scale 0.9.
     mean_params: str = ""
@@ -169,6 +172,8 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         _check_choice("model", "backbone", self.backbone, BACKBONES)
+        if self.backbone_weights == "":
+            self.backbone_weights = "random"
 
 
 @dataclass

@@ -23,14 +23,44 @@ from contextlib import contextmanager
 from itertools import islice
 from pathlib import Path
 
-import torch
-from accelerate import Accelerator
-from accelerate.utils import set_seed
-from omegaconf import OmegaConf
-from tqdm import tqdm
+from pare.config import Config, ConfigError, DataConfig, OptimConfig, load_config, save_config
+from pare.pretrained import check_backbone_weights
 
-from pare.body import SMPLBody
-from pare.checkpoint import (
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", action="append", default=[], help="YAML overrides, in order")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides, applied last")
+    return parser.parse_args(argv)
+
+
+def load_run_config(argv: list[str] | None) -> Config:
+    """The run's config from ``--config`` files and ``key=value`` overrides. Raises ConfigError
+    for a bad config, FileNotFoundError for a backbone weight file it names that is missing."""
+    args = parse_args(argv)
+    cfg = load_config(args.config, args.overrides)
+    check_backbone_weights(cfg.model.backbone, cfg.model.backbone_weights)
+    return cfg
+
+
+if __name__ == "__main__":
+    # Before the imports below (torch, timm, accelerate: seconds, 15 s on a busy 2-core machine),
+    # so a missing weight file or a bad key costs a second; main() loads the config again.
+    try:
+        load_run_config(sys.argv[1:])
+    except (ConfigError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+# The remaining imports follow the early check above on purpose.
+import torch  # noqa: E402
+from accelerate import Accelerator  # noqa: E402
+from accelerate.utils import set_seed  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from pare.body import SMPLBody  # noqa: E402
+from pare.checkpoint import (  # noqa: E402
     CHECKPOINTS,
     DONE_MARKER,
     TRAINER_STATE,
@@ -40,31 +70,29 @@ from pare.checkpoint import (
     resolve_resume,
     save_checkpoint,
 )
-from pare.config import Config, ConfigError, DataConfig, OptimConfig, load_config, save_config
-from pare.data.streaming.batch import normalize_images
-from pare.data.streaming.stream import (
+from pare.data.streaming.batch import normalize_images  # noqa: E402
+from pare.data.streaming.stream import (  # noqa: E402
     StreamState,
     eval_loader,
     shard_urls,
     sources_from_config,
     train_loader,
 )
-from pare.distributed import broadcast_buffers, parameters_in_sync
-from pare.evaluation import evaluate, metric_key
-from pare.io_utils import write_json_atomic
-from pare.launch import LaunchError, StopRequest, check_launch, peak_memory_mb, run_entry_point
-from pare.losses import pare_loss
-from pare.models import PARE, build_model
-from pare.visualize import overlay
+from pare.distributed import broadcast_buffers, parameters_in_sync  # noqa: E402
+from pare.evaluation import evaluate, metric_key  # noqa: E402
+from pare.io_utils import write_json_atomic  # noqa: E402
+from pare.launch import (  # noqa: E402
+    LaunchError,
+    StopRequest,
+    check_launch,
+    peak_memory_mb,
+    run_entry_point,
+)
+from pare.losses import pare_loss  # noqa: E402
+from pare.models import PARE, build_model  # noqa: E402
+from pare.visualize import overlay  # noqa: E402
 
 log = logging.getLogger("pare.train")
-
-
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", action="append", default=[], help="YAML overrides, in order")
-    parser.add_argument("overrides", nargs="*", help="key=value overrides, applied last")
-    return parser.parse_args(argv)
 
 
 def lr_factor(step: int, warmup: int, schedule: str, max_steps: int) -> float:
@@ -78,8 +106,7 @@ def lr_factor(step: int, warmup: int, schedule: str, max_steps: int) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_run_config(argv)  # a missing backbone weight file stops the run here
     train_cfg = cfg.train
 
     # ------------------------------------------------------------------ setup

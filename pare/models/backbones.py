@@ -5,8 +5,9 @@
 - ``resnet50`` / ``resnet18``: ``layer4`` (1/32 resolution); PARE's branches then upsample it
   with deconvolutions.
 
-Weights: none by default (nothing is downloaded at construction), a local checkpoint (timm's,
-PARE's, or the COCO-keypoint HRNet PARE starts from), or ``"timm"`` for timm's pretrained weights.
+Weights: ``"random"`` (nothing is downloaded at construction), a local checkpoint (timm's,
+PARE's, the COCO-keypoint HRNet-W32 or torchvision's ImageNet ResNet-50 PARE starts from; see
+:mod:`pare.pretrained`), or ``"timm"`` for timm's pretrained weights.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from pathlib import Path
 import timm
 import torch
 from torch import nn
+
+from pare.pretrained import RANDOM, TIMM, check_backbone_weights, needs_file
 
 HRNETS = ("hrnet_w32", "hrnet_w18_small")
 RESNETS = ("resnet50", "resnet18")
@@ -72,17 +75,19 @@ class ResNetLayer4(nn.Module):
         return self.body(images)[-1]
 
 
-def build_backbone(name: str, weights: str = "") -> nn.Module:
+def build_backbone(name: str, weights: str = RANDOM) -> nn.Module:
     """A backbone with ``out_channels`` and ``out_stride``; see the module docstring for
-    ``weights``."""
-    pretrained = weights == "timm"
+    ``weights``. Raises ValueError for an unknown name or a checkpoint that does not fit,
+    FileNotFoundError (before anything is built) for a weight file that does not exist."""
+    if name not in HRNETS + RESNETS:
+        raise ValueError(f"unknown backbone {name!r}; choose one of {list(HRNETS + RESNETS)}")
+    check_backbone_weights(name, weights)
+    pretrained = weights == TIMM
     if name in HRNETS:
         backbone = HRNetConvFusion(name, pretrained)
-    elif name in RESNETS:
-        backbone = ResNetLayer4(name, pretrained)
     else:
-        raise ValueError(f"unknown backbone {name!r}; choose one of {list(HRNETS + RESNETS)}")
-    if weights and not pretrained:
+        backbone = ResNetLayer4(name, pretrained)
+    if needs_file(weights):
         load_backbone_weights(backbone.body, weights)
     return backbone
 
@@ -94,6 +99,9 @@ _PREFIXES = ("module.", "model.", "backbone.")
 # The COCO-keypoint HRNet builds its last stage-4 module with a single output, so it has no
 # fusion weights into branches 1-3; those stay at their initialisation.
 _POSE_HRNET_MISSING = re.compile(r"^stage4\.\d+\.fuse_layers\.[123]\.")
+# Checkpoints saved before PyTorch 0.4.1 (torchvision's first ImageNet ResNets) have no BN step
+# counters; they only matter for BN with momentum=None, which no backbone here uses.
+_COUNTERS = re.compile(r"\.num_batches_tracked$")
 
 
 def map_checkpoint_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -118,7 +126,7 @@ def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise FileNotFoundError(
             f"backbone weights not found: {path}. Set model.backbone_weights to a local "
-            ".pth/.safetensors file, 'timm' for timm's pretrained weights, or '' for none."
+            f".pth/.safetensors file, '{TIMM}' for timm's pretrained weights, or '{RANDOM}'."
         )
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
@@ -139,7 +147,8 @@ def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
 
 def load_backbone_weights(module: nn.Module, path: str | Path) -> None:
     """Load a checkpoint into the timm feature extractor; anything unexpected is an error that
-    names the keys (the COCO-keypoint HRNet's absent stage-4 fusions are expected)."""
+    names the keys (the COCO-keypoint HRNet's absent stage-4 fusions and BN step counters of old
+    checkpoints are expected). Raises FileNotFoundError or ValueError."""
     state = map_checkpoint_keys(read_checkpoint(path))
     own = module.state_dict()
     shapes = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
@@ -148,7 +157,9 @@ def load_backbone_weights(module: nn.Module, path: str | Path) -> None:
             f"{path}: shape mismatch for {shapes[:5]} (a checkpoint of another backbone?)"
         )
     result = module.load_state_dict(state, strict=False)
-    missing = [k for k in result.missing_keys if not _POSE_HRNET_MISSING.match(k)]
+    missing = [
+        k for k in result.missing_keys if not (_POSE_HRNET_MISSING.match(k) or _COUNTERS.search(k))
+    ]
     if missing or result.unexpected_keys:
         raise ValueError(
             f"{path} does not fit the backbone: missing {missing[:5]} ({len(missing)}), "

@@ -213,12 +213,128 @@ def test_fused_attention_never_stores_the_hw_by_hw_matrix():
         assert max(_saved_sizes(module, maps)) < n * n
 
 
+def _conv(shapes, name, c_out, c_in, k):
+    shapes[f"{name}.weight"] = (c_out, c_in, k, k)
+
+
+def _bn(shapes, name, c, counters=True):
+    for stat in ("weight", "bias", "running_mean", "running_var"):
+        shapes[f"{name}.{stat}"] = (c,)
+    if counters:
+        shapes[f"{name}.num_batches_tracked"] = ()
+
+
+def _pose_hrnet_w32_coco_layout():
+    """Key -> shape of the HRNet repository's pose_hrnet_w32_256x192.pth (COCO keypoints), written
+    from its architecture: stem, layer1 Bottlenecks, transitions, stages 2-4 of BasicBlock
+    branches with fuse layers, and the 17-keypoint final layer. The last stage-4 module is built
+    with multi_scale_output=False, so it fuses into branch 0 only."""
+    shapes = {}
+    _conv(shapes, "conv1", 64, 3, 3)
+    _bn(shapes, "bn1", 64)
+    _conv(shapes, "conv2", 64, 64, 3)
+    _bn(shapes, "bn2", 64)
+    for i in range(4):  # Bottleneck(planes 64, expansion 4)
+        block = f"layer1.{i}"
+        _conv(shapes, f"{block}.conv1", 64, 64 if i == 0 else 256, 1)
+        _bn(shapes, f"{block}.bn1", 64)
+        _conv(shapes, f"{block}.conv2", 64, 64, 3)
+        _bn(shapes, f"{block}.bn2", 64)
+        _conv(shapes, f"{block}.conv3", 256, 64, 1)
+        _bn(shapes, f"{block}.bn3", 256)
+    _conv(shapes, "layer1.0.downsample.0", 256, 64, 1)
+    _bn(shapes, "layer1.0.downsample.1", 256)
+    widths = [32, 64, 128, 256]
+    previous = [256]
+    for stage, modules in ((2, 1), (3, 4), (4, 3)):
+        current = widths[:stage]
+        for i, c in enumerate(current):  # transition{stage-1}
+            name = f"transition{stage - 1}.{i}"
+            if i < len(previous) and previous[i] != c:
+                _conv(shapes, f"{name}.0", c, previous[i], 3)
+                _bn(shapes, f"{name}.1", c)
+            elif i >= len(previous):  # a new branch: one stride-2 conv from the last one
+                _conv(shapes, f"{name}.0.0", c, previous[-1], 3)
+                _bn(shapes, f"{name}.0.1", c)
+        for m in range(modules):
+            module = f"stage{stage}.{m}"
+            for b, c in enumerate(current):
+                for k in range(4):  # BasicBlocks
+                    _conv(shapes, f"{module}.branches.{b}.{k}.conv1", c, c, 3)
+                    _bn(shapes, f"{module}.branches.{b}.{k}.bn1", c)
+                    _conv(shapes, f"{module}.branches.{b}.{k}.conv2", c, c, 3)
+                    _bn(shapes, f"{module}.branches.{b}.{k}.bn2", c)
+            single_output = stage == 4 and m == modules - 1
+            for i in range(1 if single_output else stage):
+                for j in range(stage):
+                    fuse = f"{module}.fuse_layers.{i}.{j}"
+                    if j > i:  # 1x1 conv, BN, upsample
+                        _conv(shapes, f"{fuse}.0", current[i], current[j], 1)
+                        _bn(shapes, f"{fuse}.1", current[i])
+                    for k in range(i - j):  # stride-2 3x3 convs down to branch i
+                        c_out = current[i] if k == i - j - 1 else current[j]
+                        _conv(shapes, f"{fuse}.{k}.0", c_out, current[j], 3)
+                        _bn(shapes, f"{fuse}.{k}.1", c_out)
+        previous = current
+    shapes["final_layer.weight"] = (17, 32, 1, 1)
+    shapes["final_layer.bias"] = (17,)
+    return shapes
+
+
+def _torchvision_resnet50_layout():
+    """Key -> shape of torchvision's ImageNet ResNet-50 file (resnet50-0676ba61.pth): Bottleneck
+    layers [3, 4, 6, 3] and the fc classifier, without BN step counters (the weights date from
+    before PyTorch had them)."""
+    shapes = {}
+    _conv(shapes, "conv1", 64, 3, 7)
+    _bn(shapes, "bn1", 64, counters=False)
+    inplanes = 64
+    for layer, (planes, blocks) in enumerate(((64, 3), (128, 4), (256, 6), (512, 3)), start=1):
+        for i in range(blocks):
+            block = f"layer{layer}.{i}"
+            _conv(shapes, f"{block}.conv1", planes, inplanes, 1)
+            _bn(shapes, f"{block}.bn1", planes, counters=False)
+            _conv(shapes, f"{block}.conv2", planes, planes, 3)
+            _bn(shapes, f"{block}.bn2", planes, counters=False)
+            _conv(shapes, f"{block}.conv3", planes * 4, planes, 1)
+            _bn(shapes, f"{block}.bn3", planes * 4, counters=False)
+            if i == 0:
+                _conv(shapes, f"{block}.downsample.0", planes * 4, inplanes, 1)
+                _bn(shapes, f"{block}.downsample.1", planes * 4, counters=False)
+            inplanes = planes * 4
+    shapes["fc.weight"] = (1000, 2048)
+    shapes["fc.bias"] = (1000,)
+    return shapes
+
+
+def _random_state(shapes, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return {
+        key: torch.randint(0, 1000, shape, generator=g)  # BN step counters are int64
+        if key.endswith("num_batches_tracked")
+        else torch.randn(shape, generator=g)
+        for key, shape in shapes.items()
+    }
+
+
 def test_coco_keypoint_hrnet_checkpoint_loads_with_its_key_mapping(tmp_path):
-    """A synthetic state dict laid out like HRNet's COCO-keypoint pose_hrnet_w32 checkpoint:
-    DDP's "module." prefix, the 17-keypoint final layer, and no stage-4 fusions into branches
-    1-3 (its last module has a single output)."""
+    """A state dict laid out as HRNet's COCO-keypoint pose_hrnet_w32_256x192.pth (built from the
+    original architecture, not from timm's model): every backbone tensor loads, only the
+    17-keypoint final layer is left out, and the fusions into branches 1-3 that its last module
+    lacks keep their initialisation."""
     backbone = build_backbone("hrnet_w32")
     own = backbone.body.state_dict()
+    layout = _pose_hrnet_w32_coco_layout()
+    head = {"final_layer.weight", "final_layer.bias"}
+    absent = {
+        k
+        for k in own
+        if k.startswith(
+            ("stage4.2.fuse_layers.1", "stage4.2.fuse_layers.2", "stage4.2.fuse_layers.3")
+        )
+    }
+    assert absent and set(layout) - head == set(own) - absent
+    assert all(tuple(own[k].shape) == shape for k, shape in layout.items() if k not in head)
     # Names as the official pose_hrnet checkpoint spells them (spot checks of the layout).
     for name in (
         "conv1.weight",
@@ -231,34 +347,64 @@ def test_coco_keypoint_hrnet_checkpoint_loads_with_its_key_mapping(tmp_path):
         "stage3.3.fuse_layers.2.0.1.1.weight",
         "stage4.2.fuse_layers.0.3.0.weight",
     ):
-        assert name in own, name
-    g = torch.Generator().manual_seed(0)
-    checkpoint = {
-        f"module.{k}": torch.randn(v.shape, generator=g).to(v.dtype)
-        if v.is_floating_point()
-        else v.clone()
-        for k, v in own.items()
-        if not k.startswith(
-            ("stage4.2.fuse_layers.1", "stage4.2.fuse_layers.2", "stage4.2.fuse_layers.3")
-        )
-    }
-    checkpoint["module.final_layer.weight"] = torch.randn(17, 32, 1, 1)
-    checkpoint["module.final_layer.bias"] = torch.randn(17)
+        assert name in layout, name
+
+    checkpoint = _random_state(layout)
     path = tmp_path / "pose_hrnet_w32_256x192.pth"
-    torch.save(checkpoint, path)
     untouched = own["stage4.2.fuse_layers.1.0.0.0.weight"].clone()
-    load_backbone_weights(backbone.body, path)
-    loaded = backbone.body.state_dict()
+    for saved in (
+        checkpoint,
+        {f"module.{k}": v for k, v in checkpoint.items()},
+    ):  # also as DDP saves
+        torch.save(saved, path)
+        assert set(map_checkpoint_keys(saved)) == set(layout) - head
+        load_backbone_weights(backbone.body, path)
+        loaded = backbone.body.state_dict()
+        for key, value in checkpoint.items():
+            if key not in head:
+                assert torch.equal(loaded[key], value), key
+        assert torch.equal(loaded["stage4.2.fuse_layers.1.0.0.0.weight"], untouched)
+    # Through build_backbone, as a config names the file.
+    built = build_backbone("hrnet_w32", str(path)).body.state_dict()
+    assert torch.equal(
+        built["stage4.1.fuse_layers.3.2.0.1.running_var"],
+        checkpoint["stage4.1.fuse_layers.3.2.0.1.running_var"],
+    )
+
+
+def test_torchvision_resnet50_checkpoint_loads_without_its_classifier(tmp_path):
+    layout = _torchvision_resnet50_layout()
+    checkpoint = _random_state(layout, seed=1)
+    path = tmp_path / "resnet50-0676ba61.pth"
+    torch.save(checkpoint, path)
+    backbone = build_backbone("resnet50", str(path))
+    own = backbone.body.state_dict()
+    head = {"fc.weight", "fc.bias"}
+    counters = {k for k in own if k.endswith("num_batches_tracked")}
+    assert set(layout) - head == set(own) - counters
     for key, value in checkpoint.items():
-        if not key.startswith("module.final_layer"):
-            assert torch.equal(loaded[key.removeprefix("module.")], value), key
-    assert torch.equal(loaded["stage4.2.fuse_layers.1.0.0.0.weight"], untouched)
-    assert set(map_checkpoint_keys(checkpoint)) == {
-        k.removeprefix("module.") for k in checkpoint
-    } - {
-        "final_layer.weight",
-        "final_layer.bias",
-    }
+        if key not in head:
+            assert torch.equal(own[key], value), key
+
+
+def test_a_configured_weight_file_that_is_missing_is_named_with_its_source(tmp_path):
+    from pare.models.backbones import check_backbone_weights
+
+    for weights in ("random", "timm", ""):
+        check_backbone_weights("hrnet_w32", weights)  # no file needed
+    missing = str(tmp_path / "pose_hrnet_w32_256x192.pth")
+    with pytest.raises(FileNotFoundError) as err:
+        build_backbone("hrnet_w32", missing)
+    message = str(err.value)
+    assert "\n" not in message and missing in message
+    assert "HRNet project's COCO pose models" in message
+    assert "model.backbone_weights=random" in message
+    with pytest.raises(FileNotFoundError, match=r"torchvision's model zoo .*=random"):
+        build_backbone("resnet50", str(tmp_path / "resnet50-0676ba61.pth"))
+    earlier = tmp_path / "config.yaml"  # as earlier run folders wrote the random start
+    earlier.write_text('model: {backbone_weights: ""}\n')
+    assert load_config([earlier]).model.backbone_weights == "random"
+    assert load_config().model.backbone_weights == "random"
 
 
 def test_backbone_weights_from_safetensors_and_clear_errors(tmp_path):

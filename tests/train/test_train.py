@@ -269,6 +269,44 @@ def test_silent_mis_launches_fail_loudly(packed, tmp_path, flags, message):
     assert message in out.stderr and "ACCELERATE_USE_CPU=1" in out.stderr
 
 
+def test_pare_config_without_its_backbone_file_stops_at_once_and_random_trains(packed, tmp_path):
+    config = ROOT / "configs" / "hrnet_w32.yaml"
+    # From tmp_path, so data/pretrained/ is absent even where the repository has the file.
+    start = time.monotonic()
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(TRAIN),
+            "--config",
+            str(config),
+            f"train.output_dir={tmp_path / 'run'}",
+        ],
+        env=dict(ENV, PYTHONPATH=str(ROOT)),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    elapsed = time.monotonic() - start
+    assert out.returncode == 2, out.stderr[-2000:]
+    (line,) = out.stderr.strip().splitlines()
+    assert line.startswith(
+        "error: backbone weights not found: data/pretrained/pose_hrnet_w32_256x192.pth"
+    )
+    assert "HRNet project's COCO pose models" in line and "model.backbone_weights=random" in line
+    assert not (tmp_path / "run").exists()
+    # Reading a config imports torch (DataConfig.heatmap_size); the check itself comes before
+    # train.py imports accelerate and timm. 0.5 s once reading a config is torch-free.
+    assert elapsed < 10, elapsed
+
+    run = tmp_path / "random"
+    args = _args(packed, run, "train.max_steps=2", "train.checkpoint_every=2")
+    hrnet_w32 = ["model.backbone=hrnet_w32", "model.backbone_weights=random", "data.crop_size=64"]
+    _train(["--config", str(config), *args, *hrnet_w32, "data.batch_size=2"])
+    saved = load_config([run / "config.yaml"])
+    assert (saved.model.backbone, saved.model.backbone_weights) == ("hrnet_w32", "random")
+    assert (run / "model.safetensors").is_file()
+
+
 def test_evaluate_show_run_and_mean_params_entry_points(offline_run, packed, tmp_path):
     out = _script("evaluate.py", "--run", offline_run, "--baseline", "--out", tmp_path / "e")
     assert out.returncode == 0, out.stderr[-3000:]
