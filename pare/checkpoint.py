@@ -14,13 +14,14 @@ import os
 import re
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 
 from pare.config import Config, ConfigError, load_config
+from pare.pretrained import RANDOM
 
 CHECKPOINTS = "checkpoints"
 COMPLETE = "COMPLETE"
@@ -210,6 +211,7 @@ def load_trained_model(
     # Imported here: the checkpoint-folder helpers above serve tools that need no model code.
     from pare.models import build_model
 
-    model = build_model(cfg.model, cfg.body)
+    # The weights replace every tensor: the backbone's pretrained file is not needed (nor read).
+    model = build_model(replace(cfg.model, backbone_weights=RANDOM), cfg.body)
     meta = load_weights(model, weights)  # every tensor: the random draw above is replaced
     return model.eval(), cfg, meta

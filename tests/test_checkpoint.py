@@ -151,3 +151,19 @@ def test_training_starts_from_train_init_weights(tmp_path):
         train.build_training_model(cfg).state_dict()["head.part_logits.weight"],
         vanilla.state_dict()["head.part_logits.weight"],
     )
+
+
+def test_a_trained_model_loads_without_its_pretrained_backbone_file(tmp_path):
+    # Trained from a PARE config, which names a backbone file this machine may not have: the
+    # exported weights replace every tensor, so loading must not need it.
+    import dataclasses
+
+    model, cfg = _model()
+    cfg.model = dataclasses.replace(cfg.model, backbone_weights=f"{tmp_path}/absent.pth")
+    run = tmp_path / "run"
+    save_config(cfg, run / "config.yaml")
+    export_weights(model, run / "model.safetensors", {"step": 3})
+    loaded, loaded_cfg, meta = load_trained_model(run, "final")
+    assert loaded_cfg.model.backbone_weights == f"{tmp_path}/absent.pth" and meta["step"] == 3
+    for name, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], value), name

@@ -294,9 +294,8 @@ def test_pare_config_without_its_backbone_file_stops_at_once_and_random_trains(p
     )
     assert "HRNet project's COCO pose models" in line and "model.backbone_weights=random" in line
     assert not (tmp_path / "run").exists()
-    # Reading a config imports torch (DataConfig.heatmap_size); the check itself comes before
-    # train.py imports accelerate and timm. 0.5 s once reading a config is torch-free.
-    assert elapsed < 10, elapsed
+    # The check comes before train.py imports torch, accelerate and timm (about 0.4 s here).
+    assert elapsed < 5, elapsed
 
     run = tmp_path / "random"
     args = _args(packed, run, "train.max_steps=2", "train.checkpoint_every=2")
