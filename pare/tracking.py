@@ -52,7 +52,7 @@ def _payloads(data: bytes):
 
 def read_wandb_run(run_dir: str | Path) -> dict:
     """``{"history": [{"_step": n, key: value, ...}], "config": {...}, "summary": {...},
-    "files": [...], "group": str}`` from an offline run folder (``.../offline-run-*``) or its ``.wandb`` file."""
+    "files": [...], "group": str, "tags": [...]}`` from an offline run folder (``.../offline-run-*``) or its ``.wandb`` file."""
     from wandb.proto import wandb_internal_pb2
 
     path = Path(run_dir)
@@ -61,7 +61,7 @@ def read_wandb_run(run_dir: str | Path) -> dict:
         if not found:
             raise FileNotFoundError(f"no .wandb record log in {path}")
         path = found[0]
-    history, config, summary, files, group = [], {}, {}, [], ""
+    history, config, summary, files, group, tags = [], {}, {}, [], "", []
     for payload in _payloads(path.read_bytes()):
         record = wandb_internal_pb2.Record()
         record.ParseFromString(payload)
@@ -83,10 +83,12 @@ def read_wandb_run(run_dir: str | Path) -> dict:
             files += [f.path for f in record.files.files]
         elif kind == "run":
             group = record.run.run_group or group
+            tags = list(record.run.tags) or tags
     return {
         "history": history,
         "config": config,
         "summary": summary,
         "files": files,
         "group": group,
+        "tags": tags,
     }

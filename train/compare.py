@@ -120,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
         f"# Vanilla PARE vs. self-attention ({results['vanilla']['steps']} steps each, "
         f"{samples} validation samples, W&B group {group})\n\n"
     )
+    if model.smpl.is_standin:
+        heading += f"{model.smpl.label}: not comparable with numbers computed with SMPL.\n\n"
     write_bytes_atomic(out / "comparison.md", (heading + table).encode())
     write_bytes_atomic(out / "comparison.csv", comparison_csv(results).encode())
     write_json_atomic(out / "comparison.json", results, indent=2)

@@ -60,6 +60,7 @@ from omegaconf import OmegaConf  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from pare.body import SMPLBody  # noqa: E402
+from pare.body.smpl import STANDIN_LABEL, STANDIN_TAG  # noqa: E402
 from pare.checkpoint import (  # noqa: E402
     CHECKPOINTS,
     DONE_MARKER,
@@ -132,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
 
     # ------------------------------------------------------------------ build
     model = build_training_model(cfg)
+    body_label = model.smpl.label
+    log.info("%s: %s", body_label, cfg.body.model_path)  # first: nobody misreads stand-in numbers
     optimizer, scheduler = build_optimizer(model, cfg.optim, train_cfg.max_steps)
     if train_cfg.compile:  # after the optimiser: the wrapper shares the model's parameters
         model = torch.compile(model)
@@ -153,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         accelerator.project_configuration.iteration = state.step
         log.info("resumed from %s at step %d", resume_dir, state.step)
     if accelerator.log_with:
-        start_wandb(accelerator, cfg, run_dir, state)
+        start_wandb(accelerator, cfg, run_dir, state, body_label)
 
     # ------------------------------------------------------------------ loop
     stop = StopRequest(run_dir, train_cfg.time_budget_s).install()
@@ -284,7 +287,11 @@ def main(argv: list[str] | None = None) -> int:
             export_weights(
                 accelerator.unwrap_model(model),
                 run_dir / "model.safetensors",
-                {"step": state.step, "config": OmegaConf.to_container(OmegaConf.structured(cfg))},
+                {
+                    "step": state.step,
+                    "body_model": body_label,
+                    "config": OmegaConf.to_container(OmegaConf.structured(cfg)),
+                },
             )
             if state.step >= train_cfg.max_steps:  # job scripts requeue until this marker exists
                 write_json_atomic(
@@ -352,15 +359,21 @@ def build_optimizer(
     return optimizer, scheduler
 
 
-def start_wandb(accelerator, cfg: Config, run_dir: Path, state: TrainState) -> None:
+def start_wandb(
+    accelerator, cfg: Config, run_dir: Path, state: TrainState, body_label: str
+) -> None:
     """Start the W&B run. Its id is kept in ``state`` (and so in checkpoints): a resumed run
     continues the same W&B run; under a sweep agent the agent's run id is used."""
     if not state.wandb_run_id:
         # A sweep agent (wandb agent) has already created the run and passes its id.
         state.wandb_run_id = os.environ.get("WANDB_RUN_ID") or secrets.token_hex(4)
+    standin = body_label == STANDIN_LABEL
     accelerator.init_trackers(
         cfg.logging.project,
-        config=OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True),
+        config={
+            **OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True),
+            "body_model": body_label,
+        },
         init_kwargs={
             "wandb": {
                 "mode": cfg.logging.wandb_mode,
@@ -369,7 +382,7 @@ def start_wandb(accelerator, cfg: Config, run_dir: Path, state: TrainState) -> N
                 "resume": "allow",
                 "name": cfg.logging.run_name or run_dir.name,
                 "group": cfg.logging.group or None,
-                "tags": list(cfg.logging.tags),
+                "tags": [*cfg.logging.tags, *([STANDIN_TAG] if standin else [])],
                 "entity": cfg.logging.entity or None,
             }
         },
@@ -507,7 +520,9 @@ def validate(
     mean = result["mean"]
     if state.record_eval(mean) and accelerator.is_main_process:
         export_weights(
-            unwrapped, run_dir / "best" / "model.safetensors", {"step": state.step, **mean}
+            unwrapped,
+            run_dir / "best" / "model.safetensors",
+            {"step": state.step, "body_model": unwrapped.smpl.label, **mean},
         )
     metrics = {f"val/{metric_key(k)}": v for k, v in mean.items()}
     metrics["val/best_pa_mpjpe_mm"] = state.best_pa_mpjpe

@@ -15,6 +15,9 @@ from torch import nn
 from pare.body.joints import SMPL_24, unified_from_model
 from pare.body.model import GENDERS, STANDIN, build_body_model, load_eval_assets
 
+STANDIN_LABEL = "STAND-IN body model (generated; not SMPL)"
+STANDIN_TAG = "STAND-IN"  # the W&B tag of runs that used it
+
 
 class SMPLBody(nn.Module):
     """SMPL for up to three genders as a fixed fp32 layer, with the joint sets the project uses.
@@ -63,6 +66,9 @@ class SMPLBody(nn.Module):
         first = self.models[self.genders[0]]
         self.faces = first.faces.astype(np.int64)  # (F, 3)
         self.is_standin = first.is_standin
+        # How results computed with this body are labelled wherever they are shown: numbers from
+        # the stand-in must never pass for SMPL ones.
+        self.label = STANDIN_LABEL if self.is_standin else "SMPL body model"
 
     def _model(self, gender: str):
         if gender not in self.models:

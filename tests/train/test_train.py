@@ -112,6 +112,8 @@ def test_offline_wandb_run_holds_losses_metrics_config_and_an_image(offline_run)
     assert image.is_file() and image.stat().st_size > 1000
     assert run["config"]["model"]["backbone"] == "hrnet_w18_small"
     assert run["config"]["train"]["max_steps"] == 6
+    # Trained on the stand-in: the run says so in its config and tags.
+    assert run["config"]["body_model"].startswith("STAND-IN") and "STAND-IN" in run["tags"]
     assert run["summary"]["best/pa_mpjpe_mm"] == min(by_step[s]["val/pa_mpjpe_mm"] for s in (3, 6))
     assert run["summary"]["nonfinite_steps"] == 1
     assert "WANDB_API_KEY" not in (offline_run / "config.yaml").read_text()
@@ -128,7 +130,10 @@ def test_checkpoints_are_complete_pruned_and_weights_load(offline_run):
     model = build_model(cfg.model, cfg.body)
     meta = load_weights(model, offline_run / "best" / "model.safetensors")
     assert meta["step"] in (3, 6) and meta["pa_mpjpe"] == state["train"]["best_pa_mpjpe"]
-    load_weights(model, offline_run / "model.safetensors")
+    final = load_weights(model, offline_run / "model.safetensors")
+    assert meta["body_model"].startswith("STAND-IN") and final["body_model"].startswith("STAND-IN")
+    first = (offline_run / "train.log").read_text().splitlines()[0]
+    assert "STAND-IN body model (generated; not SMPL): standin" in first
     assert (offline_run / "overlays" / "step-0000003.png").is_file()
     assert "non-finite loss at step 1: skipped" in (offline_run / "train.log").read_text()
 
@@ -300,6 +305,7 @@ def test_pare_config_without_its_backbone_file_stops_at_once_and_random_trains(p
     run = tmp_path / "random"
     args = _args(packed, run, "train.max_steps=2", "train.checkpoint_every=2")
     hrnet_w32 = ["model.backbone=hrnet_w32", "model.backbone_weights=random", "data.crop_size=64"]
+    hrnet_w32.append("body.model_path=standin")  # the config names the real SMPL files
     _train(["--config", str(config), *args, *hrnet_w32, "data.batch_size=2"])
     saved = load_config([run / "config.yaml"])
     assert (saved.model.backbone, saved.model.backbone_weights) == ("hrnet_w32", "random")
