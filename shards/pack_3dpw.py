@@ -1,7 +1,7 @@
 """Pack one 3DPW split into WebDataset shards (see pare.data.packing.pack).
 
 python shards/pack_3dpw.py --root DIR --split {train,validation,test} [--out shards/out/3dpw/<split>]
-    [--body-model standin|PATH] [--workers N] [--maxcount 1000] [--maxsize-mb 256] [--seed 0] [--strict]
+    [--body-model PATH|standin] [--workers N] [--maxcount 1000] [--maxsize-mb 256] [--seed 0] [--strict]
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="output folder (default: shards/out/3dpw/<split>)")
     parser.add_argument(
         "--body-model",
-        default="standin",
-        help="'standin' or a folder of SMPL_{MALE,FEMALE,NEUTRAL}",
+        help="a folder of SMPL_{MALE,FEMALE,NEUTRAL} (real data: data/body_models/smpl) or "
+        "'standin'; default: the one the root's body_model.json names (synthetic data)",
     )
     add_shard_arguments(parser)
     args = parser.parse_args(argv)

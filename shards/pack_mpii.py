@@ -1,7 +1,8 @@
 """Pack MPII's train or val people into WebDataset shards (see pare.data.packing.pack).
 
 python shards/pack_mpii.py --root DIR --split {train,val} [--out shards/out/mpii/<split>]
-    [--eft MPII_ver01.json] [--min-joints 6] [--val-list FILE] [--workers N] [--strict]
+    [--eft MPII_ver01.json] [--min-joints 6] [--val-list FILE] [--body-model PATH|standin]
+    [--workers N] [--strict]
 """
 
 from __future__ import annotations
@@ -31,7 +32,9 @@ def main(argv: list[str] | None = None) -> int:
         "--val-list", type=Path, help="text file of validation image names (default: every 10th)"
     )
     parser.add_argument(
-        "--body-model", default="standin", help="'standin' or an SMPL folder (for EFT part labels)"
+        "--body-model",
+        help="an SMPL folder (real data: data/body_models/smpl) or 'standin'; default: the one "
+        "the root's body_model.json names (synthetic data)",
     )
     add_shard_arguments(parser)
     args = parser.parse_args(argv)

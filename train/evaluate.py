@@ -22,7 +22,7 @@ from pathlib import Path
 from pare.body import SMPLBody
 from pare.checkpoint import load_trained_model, resolve_checkpoint
 from pare.config import ConfigError
-from pare.data.streaming.stream import eval_loader, shard_urls
+from pare.data.streaming.stream import check_body_model, eval_loader, shard_urls
 from pare.evaluation import (
     METRICS,
     ConstantPrediction,
@@ -84,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     weights, run = resolve_checkpoint(checkpoint, args.weights)  # where the outputs go
     model, cfg, meta = load_trained_model(checkpoint, args.weights, args.config, args.overrides)
     shards = args.shards or [entry.path for entry in cfg.data.val]
+    check_body_model(list(shards), cfg.body.model_path)
     out = args.out or (run / "eval" if run else Path("eval"))
 
     accelerator = Accelerator()

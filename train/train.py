@@ -74,6 +74,7 @@ from pare.checkpoint import (  # noqa: E402
 from pare.data.streaming.batch import normalize_images  # noqa: E402
 from pare.data.streaming.stream import (  # noqa: E402
     StreamState,
+    check_body_model,
     eval_loader,
     shard_urls,
     sources_from_config,
@@ -108,6 +109,8 @@ def lr_factor(step: int, warmup: int, schedule: str, max_steps: int) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     cfg = load_run_config(argv)  # a missing backbone weight file stops the run here
+    # Shards packed with another body model would train against the wrong ground truth.
+    check_body_model([e.path for e in [*cfg.data.train, *cfg.data.val]], cfg.body.model_path)
     train_cfg = cfg.train
 
     # ------------------------------------------------------------------ setup

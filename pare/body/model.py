@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import functools
+import hashlib
 import io
+import json
 import os
 import pickle
 import shutil
@@ -19,7 +22,11 @@ from smplx.utils import Struct
 
 from pare.body import standin
 from pare.body.smpl_io import SMPL_SOURCE_HINT, read_smpl_file
+from pare.config import ConfigError
+from pare.io_utils import write_json_atomic
 
+# Beside a generated dataset's files: the identity of the body model that rendered it.
+BODY_MODEL_RECORD = "body_model.json"
 GENDERS = ("neutral", "male", "female")
 # A batch or a shard stores a gender as its index in GENDERS.
 GENDER_CODE = {g: code for code, g in enumerate(GENDERS)}
@@ -161,3 +168,68 @@ def load_eval_assets(path: str | os.PathLike = STANDIN) -> EvalAssets:
             "(convert it from a vertex segmentation such as smpl_vert_segmentation.json)."
         )
     return EvalAssets(**{k: np.load(p, allow_pickle=False) for k, p in files.items()})
+
+
+class BodyModelMismatch(ConfigError):
+    """Data made with one body model met another (packing or training). A ``ConfigError`` (so a
+    ``ValueError``): entry points report it as one line and exit 2."""
+
+
+@functools.lru_cache(maxsize=64)
+def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
+    # Keyed on size and mtime as well, so an edited file is hashed again; the stand-in's three
+    # SMPL files are ~100 MB together, and packers and training ask more than once.
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def body_model_identity(path: str | os.PathLike) -> dict:
+    """What a body model is, to tell data made with one from data made with another.
+
+    Returns ``{"kind": "standin" | "smpl", "path": str(path) as given, "sha256": hex}``. The hash
+    covers the files the project reads for ``path``: ``SMPL_{NEUTRAL,MALE,FEMALE}`` as
+    :func:`resolve_model_file` picks them (``.npz`` before ``.pkl``), ``J_regressor_h36m.npy``
+    and ``smpl_part_labels.npy``; each file's role and content, not its location, so a copied
+    folder has the same identity. The stand-in (``"standin"``) is generated if needed and hashed
+    the same way. Raises FileNotFoundError for a missing model file or extra.
+    """
+    files = {f"SMPL_{g.upper()}": resolve_model_file(path, g) for g in GENDERS}
+    folder = standin_dir() if str(path) == STANDIN else Path(path).expanduser()
+    if folder.is_file():
+        folder = folder.parent
+    for name in ("J_regressor_h36m.npy", "smpl_part_labels.npy"):
+        extra = folder / name
+        if not extra.is_file():
+            raise FileNotFoundError(f"Missing body-model extra: {extra}")
+        files[name] = extra
+    digest = hashlib.sha256()
+    for role, file in files.items():
+        stat = file.stat()
+        digest.update(
+            f"{role} {_file_sha256(str(file.resolve()), stat.st_size, stat.st_mtime_ns)}\n".encode()
+        )
+    return {
+        "kind": STANDIN if str(path) == STANDIN else "smpl",
+        "path": str(path),
+        "sha256": digest.hexdigest(),
+    }
+
+
+def describe_identity(identity: dict) -> str:
+    """One line for messages: kind, path and a short hash."""
+    return f"{identity['kind']} body model '{identity['path']}' (sha256 {identity['sha256'][:12]})"
+
+
+def write_body_model_record(root: str | os.PathLike, path: str | os.PathLike) -> Path:
+    """Write ``<root>/body_model.json``: the identity of the body model ``path`` that rendered
+    the dataset under ``root`` (atomically)."""
+    return write_json_atomic(Path(root) / BODY_MODEL_RECORD, body_model_identity(path), indent=1)
+
+
+def read_body_model_record(root: str | os.PathLike) -> dict | None:
+    """The identity in ``<root>/body_model.json``, or None where there is none (real data)."""
+    record = Path(root) / BODY_MODEL_RECORD
+    return json.loads(record.read_text()) if record.is_file() else None

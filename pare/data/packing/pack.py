@@ -10,7 +10,15 @@ import numpy as np
 import simplejpeg
 from scipy.spatial.transform import Rotation
 
-from pare.body import GENDER_CODE, SMPLBody
+from pare.body import (
+    BODY_MODEL_RECORD,
+    GENDER_CODE,
+    BodyModelMismatch,
+    SMPLBody,
+    body_model_identity,
+    describe_identity,
+    read_body_model_record,
+)
 from pare.body.joints import MPII_16, OPENPOSE_18, to_unified
 from pare.data.packing.keys import key_3dpw, key_mpii
 from pare.data.packing.readers import (
@@ -46,6 +54,43 @@ from pare.data.packing.shard_writer import (
 
 log = logging.getLogger(__name__)
 JPEG_QUALITY = 95
+
+
+# The fix a real dataset root (no body_model.json) needs: its ground truth comes from SMPL.
+REAL_SMPL_HINT = (
+    "pass --body-model data/body_models/smpl (the real SMPL files; the stand-in only with "
+    "--body-model standin)"
+)
+
+
+def resolve_body_model(root: Path, body_model: str | None) -> dict:
+    """The identity (:func:`pare.body.body_model_identity`) of the body model to pack ``root``
+    with: ``body_model`` if given, else the one ``root/body_model.json`` names (synthetic roots).
+
+    Raises :class:`pare.body.BodyModelMismatch` naming both where the given model, or the named
+    model's current files, differ from the root's record, and where neither exists (real data:
+    the stand-in is never used unless named)."""
+    recorded = read_body_model_record(root)
+    if body_model is None:
+        if recorded is None:
+            raise BodyModelMismatch(
+                f"{root} has no {BODY_MODEL_RECORD} (real data) and no body model was given: "
+                f"{REAL_SMPL_HINT}"
+            )
+        identity = body_model_identity(recorded["path"])
+        if identity["sha256"] != recorded["sha256"]:
+            raise BodyModelMismatch(
+                f"{root} was rendered with {describe_identity(recorded)}, but those files are "
+                f"now {describe_identity(identity)}; regenerate the data or restore the files"
+            )
+        return identity
+    identity = body_model_identity(body_model)
+    if recorded is not None and identity["sha256"] != recorded["sha256"]:
+        raise BodyModelMismatch(
+            f"{root} was rendered with {describe_identity(recorded)}, not the given "
+            f"{describe_identity(identity)}; drop --body-model to use the recorded one"
+        )
+    return identity
 
 
 def _read_image(path: Path) -> bytes:
@@ -113,16 +158,22 @@ def _make_3dpw_builder(body_model: str) -> ThreeDPWBuilder:
     return ThreeDPWBuilder(body_model)
 
 
-def pack_3dpw(root: Path, split: str, out: Path, body_model: str, options: ShardOptions) -> dict:
+def pack_3dpw(
+    root: Path, split: str, out: Path, body_model: str | None, options: ShardOptions
+) -> dict:
     """Pack one 3DPW split. Returns ``{"manifest": path, "samples": n, "skipped": {reason: n}}``;
     for one slice of an array job (``options.slice``) ``manifest`` is None and ``slice`` names
-    it. Raises :class:`DatasetLayoutError` or FileNotFoundError for a root that is not 3DPW's
-    layout, and :class:`PackError` for a bad sample under ``options.strict``."""
+    it. ``body_model`` None takes the one the root records (:func:`resolve_body_model`). Raises
+    :class:`DatasetLayoutError` or FileNotFoundError for a root that is not 3DPW's layout,
+    :class:`pare.body.BodyModelMismatch` for a missing or disagreeing body model, and
+    :class:`PackError` for a bad sample under ``options.strict``."""
     root, out = Path(root), Path(out)
     skips = Skips()
     records: list[PersonFrame3DPW] = []
     for path in threedpw_sequence_files(root, split):
         records += read_3dpw_sequence(path, root, skips)
+    identity = resolve_body_model(root, body_model)
+    body_model = identity["path"]
     arguments = {
         "root": str(root),
         "split": split,
@@ -132,7 +183,7 @@ def pack_3dpw(root: Path, split: str, out: Path, body_model: str, options: Shard
         "seed": options.seed,
     }
     factory = functools.partial(_make_3dpw_builder, body_model)
-    return _pack(records, factory, out, "3dpw", split, arguments, options, skips)
+    return _pack(records, factory, out, "3dpw", split, arguments, identity, options, skips)
 
 
 class MPIIBuilder:
@@ -223,14 +274,14 @@ def pack_mpii(
     root: Path,
     split: str,
     out: Path,
-    body_model: str,
+    body_model: str | None,
     options: ShardOptions,
     eft: Path | None = None,
     min_joints: int = 6,
     val_images: set[str] | None = None,
 ) -> dict:
     """Pack MPII's train or val people (val: ``val_images`` if given, else every 10th train
-    image). Returns what :func:`pack_3dpw` returns."""
+    image). Returns and raises what :func:`pack_3dpw` does."""
     root, out = Path(root), Path(out)
     if split not in ("train", "val"):
         raise ValueError(f"MPII split must be 'train' or 'val', got {split!r}")
@@ -238,6 +289,8 @@ def pack_mpii(
         raise FileNotFoundError(
             f"MPII images folder not found: {root / 'images'} (expected beside the .mat file)"
         )
+    identity = resolve_body_model(root, body_model)
+    body_model = identity["path"]
     skips = Skips()
 
     def in_split(index: int, name: str) -> bool:
@@ -263,7 +316,7 @@ def pack_mpii(
     factory = functools.partial(
         _make_mpii_builder, str(root), body_model, str(eft) if eft else None
     )
-    return _pack(people, factory, out, "mpii", split, arguments, options, skips)
+    return _pack(people, factory, out, "mpii", split, arguments, identity, options, skips)
 
 
 def _pack(
@@ -273,11 +326,16 @@ def _pack(
     dataset: str,
     split: str,
     arguments: dict,
+    body_model: dict,
     options: ShardOptions,
     skips: Skips,
 ) -> dict:
-    """Write the shards and the manifest; a rerun with other arguments starts afresh."""
-    fingerprint = {k: v for k, v in arguments.items() if k != "root"} | {"records": len(records)}
+    """Write the shards and the manifest; a rerun with other arguments (or other body-model
+    files) starts afresh."""
+    fingerprint = {k: v for k, v in arguments.items() if k != "root"} | {
+        "records": len(records),
+        "body_model_sha256": body_model["sha256"],
+    }
     prefix = f"{dataset}-{split}"
     if options.slice_index is not None:
         built = write_slice(
@@ -302,7 +360,7 @@ def _pack(
         )
     else:
         shards = write_shards(records, factory, out, prefix, options, fingerprint, skips)
-    manifest = write_manifest(out, dataset, split, arguments, shards, skips)
+    manifest = write_manifest(out, dataset, split, arguments, shards, skips, body_model)
     return {
         "manifest": manifest,
         "samples": sum(s["nsamples"] for s in shards),

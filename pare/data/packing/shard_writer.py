@@ -8,7 +8,8 @@
   a kill keeps the complete shards that still match, removes partial ones and continues.
 - Samples are built in worker processes (ordered ``imap``), written by the main process.
 - ``manifest.json`` describes the split: counts, bytes, sha256 per shard, skips by reason, the
-  joint layout and crop parameters, and a ``shardlist`` in the wids index format.
+  joint layout and crop parameters, the identity of the body model that made the ground truth,
+  and a ``shardlist`` in the wids index format.
 """
 
 from __future__ import annotations
@@ -451,9 +452,17 @@ def _save_journal(out: Path, fingerprint: dict, done: list[dict]) -> None:
 
 
 def write_manifest(
-    out: Path, dataset: str, split: str, arguments: dict, shards: list[dict], skips: Skips
+    out: Path,
+    dataset: str,
+    split: str,
+    arguments: dict,
+    shards: list[dict],
+    skips: Skips,
+    body_model: dict,
 ) -> Path:
-    """``manifest.json``: everything a reader or a verifier needs to trust the split."""
+    """``manifest.json``: everything a reader or a verifier needs to trust the split.
+    ``body_model`` is the identity (:func:`pare.body.body_model_identity`) of the body model
+    used; training checks it against its own."""
     manifest = {
         "__kind__": "wids-shard-index-v1",
         "wids_version": 1,
@@ -461,6 +470,7 @@ def write_manifest(
         "dataset": dataset,
         "split": split,
         "arguments": arguments,
+        "body_model": body_model,
         "num_samples": sum(s["nsamples"] for s in shards),
         "num_bytes": sum(s["filesize"] for s in shards),
         "shardlist": [

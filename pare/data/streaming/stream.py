@@ -21,6 +21,7 @@ import os
 import random
 import re
 import struct
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -34,6 +35,7 @@ from PIL import Image
 from torch.utils.data import IterableDataset, get_worker_info
 from webdataset.gopen import gopen_schemes
 
+from pare.body import BodyModelMismatch, body_model_identity, describe_identity
 from pare.data.fields import BATCH_FIELDS
 from pare.data.streaming.augment import AugmentParams, augment, draw_params
 from pare.data.streaming.batch import collate
@@ -100,6 +102,40 @@ def shard_urls(path: str) -> list[str]:
             "files, a brace pattern or URLs"
         )
     return list(wds.shardlists.expand_urls(str(path)))
+
+
+def check_body_model(split_paths: list[str], model_path: str) -> None:
+    """Stop before training or evaluating on shards whose ground truth another body model made.
+
+    Each local split folder or manifest in ``split_paths`` names the body model it was packed
+    with; it must be ``model_path``'s (same files, compared by
+    :func:`pare.body.body_model_identity`). URLs, shard patterns and manifest-less paths are
+    skipped. A manifest written before packers recorded the body model only warns (repack it).
+    Raises :class:`pare.body.BodyModelMismatch` naming both models (a ConfigError).
+    """
+    ours = None
+    for path in split_paths:
+        if _is_fsspec_url(path):
+            continue
+        p = Path(path)
+        manifest = p / "manifest.json" if p.is_dir() else p
+        if manifest.suffix != ".json" or not manifest.is_file():
+            continue
+        recorded = json.loads(manifest.read_text()).get("body_model")
+        if recorded is None:
+            warnings.warn(
+                f"{manifest} does not record the body model it was packed with; repack it "
+                "(shards/pack_*.py) so a mismatch with body.model_path can be caught",
+                stacklevel=2,
+            )
+            continue
+        ours = ours or body_model_identity(model_path)
+        if recorded["sha256"] != ours["sha256"]:
+            raise BodyModelMismatch(
+                f"{path} was packed with {describe_identity(recorded)}, but body.model_path is "
+                f"{describe_identity(ours)}; repack the split with that body model or set "
+                f"body.model_path={recorded['path']}"
+            )
 
 
 def rank_and_world() -> tuple[int, int]:

@@ -22,7 +22,7 @@ import scipy.io
 from scipy.spatial.transform import Rotation
 from tqdm import tqdm
 
-from pare.body import SMPLBody
+from pare.body import SMPLBody, write_body_model_record
 from pare.body.joints import MPII_16, UNIFIED
 from pare.data.synthetic import motion
 from pare.data.synthetic.scene import (
@@ -62,10 +62,13 @@ class SyntheticMPIIConfig:
 
 
 def make_mpii(out: str | Path, cfg: SyntheticMPIIConfig, progress: bool = True) -> Path:
-    """Write ``cfg.images`` images and the annotation file under ``out``; returns the .mat path."""
+    """Write ``cfg.images`` images and the annotation file under ``out``, and
+    ``out/body_model.json`` naming the body model that rendered them (packers use it); returns
+    the .mat path."""
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
     bodies = SMPLBody(cfg.model_path)
+    write_body_model_record(out, cfg.model_path)
     annolist, img_train, single_person, acts, eft_items, truth = [], [], [], [], [], []
     videos = [f"vid{k:08d}" for k in range(max(1, cfg.images // 10))]
     for i in tqdm(range(cfg.images), desc="MPII images", unit="image", disable=not progress):

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from pare.body import SMPLBody
+from pare.body import SMPLBody, write_body_model_record
 from pare.data.synthetic import motion
 from pare.data.synthetic.py2pickle import dump_py2
 from pare.data.synthetic.scene import (
@@ -70,9 +70,11 @@ def split_plan(sequences: int, ratio: tuple[int, int, int] = (1, 1, 1)) -> list[
 
 
 def make_3dpw(out: str | Path, cfg: Synthetic3DPWConfig, progress: bool = True) -> list[Path]:
-    """Write ``cfg.sequences`` sequences under ``out``; returns the pickle paths."""
+    """Write ``cfg.sequences`` sequences under ``out``, and ``out/body_model.json`` naming the
+    body model that rendered them (packers use it); returns the pickle paths."""
     out = Path(out)
     bodies = SMPLBody(cfg.model_path)
+    write_body_model_record(out, cfg.model_path)
     written = []
     bar = tqdm(
         total=cfg.sequences * cfg.frames, desc="3DPW frames", unit="frame", disable=not progress

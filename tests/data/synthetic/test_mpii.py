@@ -213,3 +213,9 @@ def test_deterministic_for_a_seed(tmp_path):
     a = scipy.io.loadmat(tmp_path / "a" / MAT_NAME)["RELEASE"]["annolist"][0, 0]
     b = scipy.io.loadmat(tmp_path / "b" / MAT_NAME)["RELEASE"]["annolist"][0, 0]
     assert repr(a) == repr(b)
+
+
+def test_root_records_the_body_model(dataset):
+    from pare.body import body_model_identity, read_body_model_record
+
+    assert read_body_model_record(dataset) == body_model_identity("standin")

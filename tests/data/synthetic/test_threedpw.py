@@ -225,3 +225,10 @@ def test_split_ratio_writes_sequences_where_planned(tmp_path):
     )
     assert [p.parent.name for p in paths] == ["train", "train", "validation"]
     assert [p.stem.split("_")[1] for p in paths] == ["walk", "wave", "walk"]
+
+
+def test_root_records_the_body_model(dataset):
+    from pare.body import body_model_identity, read_body_model_record
+
+    root, _ = dataset
+    assert read_body_model_record(root) == body_model_identity("standin")

@@ -1,0 +1,45 @@
+import numpy as np
+import pytest
+
+from pare.body import body_model_identity, describe_identity
+
+
+def _copy_with_links(source, target):
+    """A model folder whose SMPL files link to ``source``'s (cheap); extras are real copies."""
+    target.mkdir()
+    for file in source.iterdir():
+        if file.suffix == ".pkl":
+            (target / file.name).symlink_to(file)
+        else:
+            (target / file.name).write_bytes(file.read_bytes())
+    return target
+
+
+def test_copy_has_the_same_hash_and_a_changed_file_another(tmp_path, standin_folder):
+    standin = body_model_identity("standin")
+    assert standin["kind"] == "standin" and standin["path"] == "standin"
+    copy = _copy_with_links(standin_folder, tmp_path / "copy")
+    same = body_model_identity(copy)
+    assert same["kind"] == "smpl" and same["path"] == str(copy)
+    assert same["sha256"] == standin["sha256"]  # content, not location
+
+    labels = np.load(copy / "smpl_part_labels.npy")
+    np.save(copy / "smpl_part_labels.npy", np.roll(labels, 1))
+    changed = body_model_identity(copy)
+    assert changed["sha256"] != standin["sha256"]
+    assert changed["sha256"][:12] in describe_identity(changed)
+
+
+def test_npz_beside_the_pkl_is_what_is_hashed(tmp_path, standin_folder):
+    copy = _copy_with_links(standin_folder, tmp_path / "copy")
+    before = body_model_identity(copy)["sha256"]
+    # resolve_model_file prefers the .npz: the identity must follow it.
+    (copy / "SMPL_MALE.npz").write_bytes(b"not the same model")
+    assert body_model_identity(copy)["sha256"] != before
+
+
+def test_missing_extra_is_named(tmp_path, standin_folder):
+    copy = _copy_with_links(standin_folder, tmp_path / "copy")
+    (copy / "J_regressor_h36m.npy").unlink()
+    with pytest.raises(FileNotFoundError, match=r"J_regressor_h36m\.npy"):
+        body_model_identity(copy)
