@@ -1,6 +1,6 @@
 #!/bin/bash
 # Submit a packing array job of N slices and the merge that runs once every slice succeeded.
-#   PACK="shards/pack_3dpw.py --root data/3dpw --split train --out shards/out/3dpw/train" \
+#   PACK="shards/pack_3dpw.py --root data/3dpw --split train --out shards/out/3dpw/train --body-model data/body_models/smpl" \
 #       slurm/pack.sh 8 [sbatch options for both jobs, e.g. --partition=cpu]
 # Prints the two job ids.
 set -euo pipefail
