@@ -121,11 +121,17 @@ def save_checkpoint(
 
 def export_weights(model: torch.nn.Module, path: Path, metadata: dict | None = None) -> Path:
     """The model's state dict as safetensors (atomically), for evaluation and prediction."""
+    return save_weights(model.state_dict(), path, metadata)
+
+
+def save_weights(state: dict[str, torch.Tensor], path: Path, metadata: dict | None = None) -> Path:
+    """A state dict as safetensors, written to a temporary name and renamed; ``metadata``
+    values are stored as JSON (read back by :func:`load_weights`)."""
     from safetensors.torch import save_file
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    state = {k: v.detach().cpu().contiguous() for k, v in state.items()}
     tmp = path.with_name(path.name + ".tmp")
     meta = {k: json.dumps(v) for k, v in (metadata or {}).items()}
     save_file(state, str(tmp), metadata=meta)
@@ -198,11 +204,14 @@ def load_trained_model(
 
     ``checkpoint`` is a run folder (its ``which`` weights: "best", falling back to the final
     ones, or "final"), a checkpoint folder or a ``.safetensors`` file, as for
-    :func:`resolve_checkpoint`. The config is ``config_files`` when given, else the run's
+    :func:`resolve_checkpoint`; a folder written by train/convert_pare.py; or an official PARE
+    ``.ckpt``, converted in memory, with its YAML as the one entry of ``config_files``. The config is ``config_files`` when given, else the run's
     ``config.yaml``; ``overrides`` (``key=value``) apply last. The model is on the CPU in eval
     mode; ``meta`` is the weights file's metadata (e.g. ``step``). Raises FileNotFoundError for
     a missing checkpoint or weights file, ConfigError when there is no config to build from.
     """
+    if Path(checkpoint).suffix == ".ckpt":
+        return _load_pare_checkpoint(Path(checkpoint), config_files, overrides)
     weights, run = resolve_checkpoint(Path(checkpoint), which)
     files = list(config_files) or ([run / "config.yaml"] if run else [])
     if not files:
@@ -215,3 +224,21 @@ def load_trained_model(
     model = build_model(replace(cfg.model, backbone_weights=RANDOM), cfg.body)
     meta = load_weights(model, weights)  # every tensor: the random draw above is replaced
     return model.eval(), cfg, meta
+
+
+def _load_pare_checkpoint(
+    ckpt: Path, config_files: list | tuple, overrides: list[str] | tuple
+) -> tuple[PARE, Config, dict]:
+    """:func:`load_trained_model` for an official PARE ``.ckpt`` (see pare/convert.py)."""
+    if len(config_files) != 1:
+        raise ConfigError(
+            f"{ckpt} is a PARE checkpoint: pass the YAML released with it as the one --config "
+            "(or convert it once with train/convert_pare.py)"
+        )
+    from pare.convert import convert_pare
+    from pare.models import build_model
+
+    converted = convert_pare(ckpt, config_files[0], overrides)
+    model = build_model(converted.cfg.model, converted.cfg.body)
+    model.load_state_dict(converted.state)
+    return model.eval(), converted.cfg, converted.meta

@@ -165,15 +165,89 @@ class ModelConfig:
     # SPIN-format mean parameters to start predictions from (smpl_mean_params.npz: pose, shape,
     # cam); "" = identity joint rotations, the body upright, zero betas, camera scale 0.9.
     mean_params: str = ""
-    branch_layers: int = 2
-    branch_channels: int = 128
-    shape_cam_channels: int = 64
+    branch_layers: int = 2  # PARE's NUM_DECONV_LAYERS (3x3 convs for HRNet, deconvs for ResNet)
+    branch_channels: int = 128  # PARE's NUM_DECONV_FILTERS
+    shape_cam_channels: int = 64  # PARE's NUM_FEATURES_SMPL
+    # The options below carry PARE's own semantics (mkocabas/PARE pare/models/head/pare_head.py,
+    # pare/models/layers/keypoint_attention.py, pare/models/backbone/hrnet.py); their PARE names
+    # are in upper case. The defaults are this project's head; train/convert_pare.py sets them
+    # from a released checkpoint's YAML.
+    # HRNet "conv" fusion: bilinear x2 upsampling with align_corners (PARE: True).
+    fusion_align_corners: bool = False
+    # ITERATIVE_REGRESSION / NUM_ITERATIONS / ITER_RESIDUAL: the regressors run num_iterations
+    # times from the mean parameters, fed their previous output as POSE_INPUT_TYPE /
+    # SHAPE_INPUT_TYPE say ("feats" plus any of self_pose, all_pose, shape, cam, in that
+    # string's order). While it is off the input types are not read (PARE's YAML dumps carry
+    # longer defaults that do nothing then).
+    iterative_regression: bool = False
+    num_iterations: int = 3
+    iter_residual: bool = False
+    pose_input_type: str = "feats"
+    shape_input_type: str = "feats"
+    # USE_MEAN_POSE / USE_MEAN_CAMSHAPE: add the mean parameters to the regressors' outputs (not
+    # read with iterative regression, which starts from them). PARE's default is False for both;
+    # this project's head has always started from its mean (True).
+    use_mean_pose: bool = True
+    use_mean_camshape: bool = True
+    # KEYPOINT_ATTENTION_ACT: "softmax" (over each part's map) or "sigmoid" (per pixel, not
+    # normalised); USE_SCALE_KEYPOINT_ATTENTION divides the maps by sqrt(H*W) first;
+    # USE_POSTCONV_KEYPOINT_ATTENTION adds a 1x1 convolution (with bias) after pooling.
+    keypoint_attention_act: str = "softmax"
+    scale_keypoint_attention: bool = False
+    postconv_keypoint_attention: bool = False
     attention: AttentionConfig = field(default_factory=AttentionConfig)
 
     def __post_init__(self) -> None:
         _check_choice("model", "backbone", self.backbone, BACKBONES)
+        _check_choice(
+            "model", "keypoint_attention_act", self.keypoint_attention_act, ("softmax", "sigmoid")
+        )
         if self.backbone_weights == "":
             self.backbone_weights = "random"
+        for name in ("branch_layers", "branch_channels", "shape_cam_channels", "num_iterations"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"model.{name}={getattr(self, name)} must be at least 1")
+        if self.iterative_regression:
+            regression_inputs("pose_input_type", self.pose_input_type)
+            regression_inputs("shape_input_type", self.shape_input_type)
+            if self.postconv_keypoint_attention:
+                # PARE sizes its pose post-conv by the iterative input width but applies it to the
+                # pooled features alone, which fails at the first forward pass.
+                raise ConfigError(
+                    "model.postconv_keypoint_attention cannot be combined with "
+                    "model.iterative_regression (PARE's own code fails on that combination)"
+                )
+        if self.postconv_keypoint_attention and self.branch_channels == self.shape_cam_channels:
+            # PARE picks the post-conv by channel count, so equal widths send the shape and
+            # camera features through the pose convolution; that quirk is not reproduced.
+            raise ConfigError(
+                "model.postconv_keypoint_attention needs model.branch_channels != "
+                "model.shape_cam_channels (PARE tells the two pooled features apart by width)"
+            )
+
+
+# Inputs the regressors may take with iterative regression (PARE's input_type_dim; the head
+# knows their widths); "feats" is the pooled features themselves. PARE's neighbor_pose and
+# neighbor_pose_feats are not implemented, and its shape regressor reads no self_pose.
+POSE_INPUTS = ("feats", "self_pose", "all_pose", "shape", "cam")
+SHAPE_INPUTS = ("feats", "all_pose", "shape", "cam")
+
+
+def regression_inputs(name: str, value: str) -> list[str]:
+    """``model.pose_input_type`` / ``model.shape_input_type`` ("feats.self_pose.shape.cam") ->
+    the list of inputs in order. Raises ConfigError naming an input that is unknown, not
+    implemented, repeated, or a list without "feats" (PARE asserts it)."""
+    allowed = POSE_INPUTS if name == "pose_input_type" else SHAPE_INPUTS
+    parts = value.split(".")
+    for part in parts:
+        if part not in allowed:
+            raise ConfigError(
+                f"model.{name}={value!r}: input {part!r} is not supported with "
+                f"model.iterative_regression; use '.'-separated names from {list(allowed)}"
+            )
+    if "feats" not in parts or len(set(parts)) != len(parts):
+        raise ConfigError(f"model.{name}={value!r} must contain 'feats' and no input twice")
+    return parts
 
 
 @dataclass

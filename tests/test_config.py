@@ -76,11 +76,47 @@ def test_yaml_then_cli_precedence(tmp_path):
             ["model.attention.enabled=true", "model.attention.resolution=112"],
             r"model\.attention\.resolution=112 must divide .* = 56",
         ),
+        # PARE's head options: inputs it has but this project does not implement, and the
+        # combinations its own code cannot run.
+        (
+            ["model.iterative_regression=true", "model.pose_input_type=feats.neighbor_pose"],
+            r"model\.pose_input_type=.*input 'neighbor_pose' is not supported",
+        ),
+        (
+            ["model.iterative_regression=true", "model.shape_input_type=feats.self_pose"],
+            r"model\.shape_input_type=.*input 'self_pose' is not supported",
+        ),
+        (
+            ["model.iterative_regression=true", "model.pose_input_type=shape.cam"],
+            r"must contain 'feats'",
+        ),
+        (
+            ["model.iterative_regression=true", "model.postconv_keypoint_attention=true"],
+            r"postconv_keypoint_attention cannot be combined with model\.iterative_regression",
+        ),
+        (
+            ["model.postconv_keypoint_attention=true", "model.shape_cam_channels=128"],
+            r"needs model\.branch_channels != model\.shape_cam_channels",
+        ),
+        (["model.keypoint_attention_act=relu"], r"choose one of \['softmax', 'sigmoid'\]"),
+        (["model.num_iterations=0"], r"model\.num_iterations=0 must be at least 1"),
     ],
 )
 def test_bad_overrides_name_the_key(overrides, pattern):
     with pytest.raises(ConfigError, match=pattern):
         load_config([], overrides)
+
+
+def test_pare_input_types_are_not_read_while_iterative_regression_is_off():
+    # PARE's full YAML dumps carry these defaults; they do nothing without iterative regression.
+    cfg = load_config(
+        [],
+        [
+            "model.pose_input_type=feats.neighbor_pose_feats.all_pose.self_pose.neighbor_pose.shape.cam",
+            "model.shape_input_type=feats.all_pose.shape.cam",
+        ],
+    )
+    assert not cfg.model.iterative_regression
 
 
 def test_heatmap_size_is_a_quarter_of_the_crop_size():

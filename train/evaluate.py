@@ -3,10 +3,13 @@ mean-pose baseline, an export for the official 3DPW evaluator, and a W&B summary
 
     python train/evaluate.py --checkpoint CKPT --shards DIR [DIR ...] [options] [key=value ...]
     python train/evaluate.py --run runs/demo --baseline          # a run folder's best weights
+    python train/evaluate.py --checkpoint pare.ckpt --config pare_config.yaml --shards DIR
     accelerate launch train/evaluate.py --checkpoint CKPT ...    # every sample counts once
 
-CKPT is a ``.safetensors`` file, a run folder (its best weights, else its final ones) or a
-checkpoint folder; its config is the run's ``config.yaml`` unless ``--config`` is given. Shard
+CKPT is a ``.safetensors`` file, a run folder (its best weights, else its final ones), a
+checkpoint folder or a folder from train/convert_pare.py; its config is the run's
+``config.yaml`` unless ``--config`` is given. An official PARE ``.ckpt`` is converted in memory
+and needs its YAML as ``--config``. Shard
 folders are 3DPW (MPJPE, PA-MPJPE, PVE in mm; PCK@50 mm and AUC in %) or MPII (PCKh@0.5 in %)
 splits; by default the config's validation shards. Writes ``eval.json`` and ``eval.csv`` (one
 row per sequence and an overall row per model) to ``--out`` (default ``<run>/eval``).
@@ -99,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
         return eval_loader(urls, data.batch_size, data.num_workers, data.crop_size)
 
     name = f"PARE ({cfg.model.backbone}, step {meta.get('step', '?')})"
+    if meta.get("source") == "PARE":  # converted from an official checkpoint
+        name = f"PARE released ({meta['pare_checkpoint']}, {cfg.model.backbone})"
     models = {name: model}
     if args.baseline:
         train_urls = [u for entry in cfg.data.train for u in shard_urls(entry.path)]

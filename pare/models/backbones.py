@@ -25,9 +25,9 @@ HRNETS = ("hrnet_w32", "hrnet_w18_small")
 RESNETS = ("resnet50", "resnet18")
 
 
-def _up_block(channels: int) -> nn.Sequential:
+def _up_block(channels: int, align_corners: bool) -> nn.Sequential:
     return nn.Sequential(
-        nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
+        nn.Upsample(scale_factor=2, mode="bilinear", align_corners=align_corners),
         nn.Conv2d(channels, channels, 3, padding=1, bias=False),
         nn.BatchNorm2d(channels),
         nn.ReLU(inplace=True),
@@ -38,10 +38,11 @@ class HRNetConvFusion(nn.Module):
     """HRNet's four stage-4 branches -> one map at the first branch's resolution.
 
     Branch i (i = 1, 2, 3) is upsampled by i blocks of [bilinear x2, 3x3 conv, BN, ReLU]; the
-    four are concatenated (PARE's ``hrnet_w32-conv`` backbone).
+    four are concatenated (PARE's ``hrnet_w32-conv`` backbone, whose ``upsample_stage_{i+1}``
+    blocks upsample with ``align_corners=True``: pare/models/backbone/hrnet.py).
     """
 
-    def __init__(self, name: str, pretrained: bool = False) -> None:
+    def __init__(self, name: str, pretrained: bool = False, align_corners: bool = False) -> None:
         super().__init__()
         # feature_location="" exposes the raw branches (not timm's classification increments).
         self.body = timm.create_model(
@@ -49,7 +50,8 @@ class HRNetConvFusion(nn.Module):
         )
         channels = self.body.feature_info.channels()[-4:]  # e.g. 32, 64, 128, 256
         self.upsample = nn.ModuleList(
-            nn.Sequential(*[_up_block(c) for _ in range(i)]) for i, c in enumerate(channels)
+            nn.Sequential(*[_up_block(c, align_corners) for _ in range(i)])
+            for i, c in enumerate(channels)
         )
         self.out_channels = sum(channels)
         self.out_stride = 4
@@ -75,16 +77,17 @@ class ResNetLayer4(nn.Module):
         return self.body(images)[-1]
 
 
-def build_backbone(name: str, weights: str = RANDOM) -> nn.Module:
+def build_backbone(name: str, weights: str = RANDOM, align_corners: bool = False) -> nn.Module:
     """A backbone with ``out_channels`` and ``out_stride``; see the module docstring for
-    ``weights``. Raises ValueError for an unknown name or a checkpoint that does not fit,
-    FileNotFoundError (before anything is built) for a weight file that does not exist."""
+    ``weights``; ``align_corners`` is the HRNet fusion's upsampling mode (PARE: True). Raises
+    ValueError for an unknown name or a checkpoint that does not fit, FileNotFoundError (before
+    anything is built) for a weight file that does not exist."""
     if name not in HRNETS + RESNETS:
         raise ValueError(f"unknown backbone {name!r}; choose one of {list(HRNETS + RESNETS)}")
     check_backbone_weights(name, weights)
     pretrained = weights == TIMM
     if name in HRNETS:
-        backbone = HRNetConvFusion(name, pretrained)
+        backbone = HRNetConvFusion(name, pretrained, align_corners)
     else:
         backbone = ResNetLayer4(name, pretrained)
     if needs_file(weights):

@@ -57,7 +57,9 @@ class PARE(nn.Module):
 
 def build_model(model_cfg: ModelConfig, body_cfg: BodyConfig) -> PARE:
     """PARE from a :class:`pare.config.ModelConfig` and :class:`pare.config.BodyConfig`."""
-    backbone = build_backbone(model_cfg.backbone, model_cfg.backbone_weights)
+    backbone = build_backbone(
+        model_cfg.backbone, model_cfg.backbone_weights, model_cfg.fusion_align_corners
+    )
     att = model_cfg.attention
     attention = (
         PartSelfAttention(
@@ -77,6 +79,16 @@ def build_model(model_cfg: ModelConfig, body_cfg: BodyConfig) -> PARE:
         branch_channels=model_cfg.branch_channels,
         shape_cam_channels=model_cfg.shape_cam_channels,
         attention=attention,
+        iterative=model_cfg.iterative_regression,
+        num_iterations=model_cfg.num_iterations,
+        residual=model_cfg.iter_residual,
+        pose_inputs=tuple(model_cfg.pose_input_type.split(".")),
+        shape_inputs=tuple(model_cfg.shape_input_type.split(".")),
+        use_mean_pose=model_cfg.use_mean_pose,
+        use_mean_camshape=model_cfg.use_mean_camshape,
+        attention_act=model_cfg.keypoint_attention_act,
+        scale_attention=model_cfg.scale_keypoint_attention,
+        postconv=model_cfg.postconv_keypoint_attention,
     )
     if model_cfg.mean_params:
         set_mean_params(head, model_cfg.mean_params)

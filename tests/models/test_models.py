@@ -126,6 +126,42 @@ def test_variant_with_a_zero_gate_equals_vanilla_bit_for_bit(mode, precision):
     assert not torch.equal(variant.eval()(images)["rotmat"], vanilla.eval()(images)["rotmat"])
 
 
+PARE_HEAD_OPTIONS = [
+    "model.fusion_align_corners=true",
+    "model.iterative_regression=true",
+    "model.iter_residual=true",
+    "model.pose_input_type=feats.self_pose.all_pose.shape.cam",
+    "model.shape_input_type=feats.all_pose.shape.cam",
+    "model.keypoint_attention_act=sigmoid",
+    "model.scale_keypoint_attention=true",
+]
+
+
+def test_the_variant_composes_with_pares_head_options():
+    vanilla = _model(*PARE_HEAD_OPTIONS, seed=0)
+    variant = _model(*PARE_HEAD_OPTIONS, "model.attention.enabled=true", seed=7)
+    # The pose regressor reads C + 6 + 144 + 10 + 3 inputs per part (PARE's input_type_dim).
+    assert variant.head.pose_weight.shape == (24, 32 + 163, 6)
+    assert variant.head.shape.in_features == 24 * 64 + 157
+    missing, unexpected = variant.load_state_dict(vanilla.state_dict(), strict=False)
+    assert not unexpected and all(k.startswith("head.attention.") for k in missing)
+    images = _images(2)
+    a, b = vanilla.eval()(images), variant.eval()(images)
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    with torch.no_grad():
+        variant.head.attention.gate.fill_(0.5)
+    variant.train()
+    out = variant(images)
+    assert not torch.equal(out["rotmat"], a["rotmat"])
+    total, _ = pare_loss(out, _batch_for(out), load_config([], []).loss)
+    total.backward()
+    dead = [
+        n for n, p in variant.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0
+    ]
+    assert not dead, dead
+
+
 @pytest.mark.parametrize("value_proj", [False, True])
 def test_attention_is_equivariant_to_a_permutation_of_pixels(value_proj):
     torch.manual_seed(0)

@@ -1,0 +1,86 @@
+"""A converted PARE checkpoint is a starting point for train.py: `--config DIR/config.yaml`
+fine-tunes from the converted weights. (The conversion itself is tested against PARE's
+definitions in tests/test_convert_pare.py; here the checkpoint only has to be well-formed.)"""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from pare.config import load_config
+from pare.convert import pare_name
+from pare.models import build_model
+from tests.train.test_train import ROOT, _args, _train
+
+pytestmark = pytest.mark.slow
+
+# A small PARE: ResNet-18 body, 3 x 32-channel deconvolution branches, 16 shape/camera features.
+PARE_YAML = {
+    "METHOD": "pare",
+    "DATASET": {"USE_HEATMAPS": "part_segm", "IMG_RES": 224, "FOCAL_LENGTH": 5000.0},
+    "PARE": {
+        "BACKBONE": "resnet18",
+        "NUM_DECONV_LAYERS": 3,
+        "NUM_DECONV_FILTERS": 32,
+        "NUM_FEATURES_SMPL": 16,
+        "USE_KEYPOINT_ATTENTION": True,
+    },
+}
+
+
+def _pare_state(seed: int) -> dict[str, torch.Tensor]:
+    """Our model's random weights under PARE's names and layouts (pose_mlp as a
+    LocallyConnected2d weight, channel-major shape/camera inputs, 6-major init_pose)."""
+    cfg = load_config(
+        [],
+        [
+            "model.backbone=resnet18",
+            "model.branch_layers=3",
+            "model.branch_channels=32",
+            "model.shape_cam_channels=16",
+            "body.model_path=standin",
+        ],
+    )
+    torch.manual_seed(seed)
+    state = {}
+    for key, value in build_model(cfg.model, cfg.body).state_dict().items():
+        name = pare_name(key)
+        if name == "model.head.pose_mlp.weight":
+            value = value.permute(2, 1, 0)[None, ..., None, None]  # (1, 6, C, 24, 1, 1)
+        elif name in ("model.head.shape_mlp.weight", "model.head.cam_mlp.weight"):
+            value = value.unflatten(1, (24, 16)).transpose(1, 2).flatten(1)
+        elif name == "model.head.init_pose":
+            value = value.t().reshape(1, 144)
+        elif name in ("model.head.init_shape", "model.head.init_cam"):
+            value = value[None]
+        state[name] = value
+    return state
+
+
+def test_train_fine_tunes_from_a_converted_checkpoint(packed, tmp_path):
+    ckpt, pare_yaml, converted = tmp_path / "p.ckpt", tmp_path / "p.yaml", tmp_path / "converted"
+    torch.save({"state_dict": _pare_state(3), "epoch": 1, "global_step": 7}, ckpt)
+    pare_yaml.write_text(yaml.safe_dump(PARE_YAML))
+    cmd = [sys.executable, str(ROOT / "train" / "convert_pare.py"), "--ckpt", str(ckpt)]
+    cmd += ["--cfg", str(pare_yaml), "--out", str(converted), "body.model_path=standin"]
+    result = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    # Training at learning rate 0 for two steps leaves every parameter where it started, so the
+    # run's final weights show what it started from.
+    run = tmp_path / "run"
+    args = _args(packed, run, "train.max_steps=2", "optim.lr=0", "data.crop_size=128")
+    args = [a for a in args if not a.startswith("model.")]  # the architecture is the converted one
+    _train(["--config", str(converted / "config.yaml"), *args])
+    start, final = load_file(converted / "model.safetensors"), load_file(run / "model.safetensors")
+    assert set(start) == set(final)
+    cfg = load_config([converted / "config.yaml"])
+    model = build_model(cfg.model, cfg.body)
+    parameters = {name for name, _ in model.named_parameters()}
+    assert parameters and parameters <= set(start)
+    for name in parameters:
+        assert torch.equal(start[name], final[name]), name
+    # And it is not the fresh initialisation: a model built from the same config differs.
+    assert not torch.equal(model.state_dict()["head.pose_weight"], start["head.pose_weight"])
