@@ -1,7 +1,9 @@
-"""A converted PARE checkpoint is a starting point for train.py: `--config DIR/config.yaml`
-fine-tunes from the converted weights. (The conversion itself is tested against PARE's
-definitions in tests/test_convert_pare.py; here the checkpoint only has to be well-formed.)"""
+"""The converted PARE checkpoint through the entry points: train.py fine-tunes from it
+(`--config DIR/config.yaml`), evaluate.py takes the folder or the .ckpt + YAML. (The conversion
+itself is tested against PARE's definitions in tests/test_convert_pare.py; here the checkpoint
+only has to be well-formed.)"""
 
+import json
 import subprocess
 import sys
 
@@ -84,3 +86,55 @@ def test_train_fine_tunes_from_a_converted_checkpoint(packed, tmp_path):
         assert torch.equal(start[name], final[name]), name
     # And it is not the fresh initialisation: a model built from the same config differs.
     assert not torch.equal(model.state_dict()["head.pose_weight"], start["head.pose_weight"])
+
+
+def test_evaluate_takes_the_converted_folder_or_the_ckpt_and_yaml(packed, tmp_path):
+    ckpt, pare_yaml, converted = tmp_path / "p.ckpt", tmp_path / "p.yaml", tmp_path / "converted"
+    torch.save({"state_dict": _pare_state(4), "epoch": 1, "global_step": 7}, ckpt)
+    pare_yaml.write_text(yaml.safe_dump(PARE_YAML))
+    script = [sys.executable, str(ROOT / "train" / "convert_pare.py")]
+    subprocess.run(
+        [
+            *script,
+            "--ckpt",
+            ckpt,
+            "--cfg",
+            pare_yaml,
+            "--out",
+            converted,
+            "body.model_path=standin",
+        ],
+        check=True,
+        capture_output=True,
+        cwd=ROOT,
+    )
+    evaluate = [
+        sys.executable,
+        str(ROOT / "train" / "evaluate.py"),
+        "--shards",
+        packed / "3dpw_val",
+    ]
+    runs = {
+        "folder": ["--checkpoint", converted],
+        "ckpt": ["--checkpoint", ckpt, "--config", pare_yaml],
+    }
+    reports = {}
+    for name, args in runs.items():
+        out = tmp_path / f"eval-{name}"
+        cmd = [*evaluate, *args, "--out", out, "body.model_path=standin", "data.num_workers=0"]
+        result = subprocess.run(list(map(str, cmd)), capture_output=True, text=True, cwd=ROOT)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert "PARE released (p.ckpt, resnet18)" in result.stdout
+        reports[name] = json.loads((out / "eval.json").read_text())["3dpw"]
+    (folder,), (direct,) = reports["folder"].values(), reports["ckpt"].values()
+    assert folder["overall"]["samples"] > 0
+    assert folder["overall"] == direct["overall"]
+    # Without the YAML a .ckpt cannot be read: one line, exit 2.
+    result = subprocess.run(
+        list(map(str, [*evaluate, "--checkpoint", ckpt, "body.model_path=standin"])),
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert result.returncode == 2
+    assert "pass the YAML released with it" in result.stderr
