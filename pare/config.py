@@ -210,12 +210,13 @@ class ModelConfig:
         if self.iterative_regression:
             regression_inputs("pose_input_type", self.pose_input_type)
             regression_inputs("shape_input_type", self.shape_input_type)
-            if self.postconv_keypoint_attention:
+            if self.postconv_keypoint_attention and self.pose_input_type != "feats":
                 # PARE sizes its pose post-conv by the iterative input width but applies it to the
                 # pooled features alone, which fails at the first forward pass.
                 raise ConfigError(
                     "model.postconv_keypoint_attention cannot be combined with "
-                    "model.iterative_regression (PARE's own code fails on that combination)"
+                    "model.iterative_regression and a model.pose_input_type other than 'feats' "
+                    "(PARE's own code fails on that combination)"
                 )
         if self.postconv_keypoint_attention and self.branch_channels == self.shape_cam_channels:
             # PARE picks the post-conv by channel count, so equal widths send the shape and

@@ -18,7 +18,9 @@ reads both and returns our :class:`pare.config.Config` and a state dict for :cla
   not to belong to the network (PARE's SMPL layer buffers, HRNet's unused keypoint layer, the
   soft-argmax temperature) and skipped; anything else is an error naming it, as is a tensor our
   model lacks or has in another shape. What the YAML says is cross-checked against the tensor
-  shapes (the released YAMLs are not public here, so both are needed to catch a mismatched pair).
+  shapes (the released YAMLs are not public here, so both are needed to catch a mismatched pair),
+  and against the config Lightning stored in the checkpoint (a difference is a warning: PARE's
+  scripts/eval.py follows the YAML).
 - **PARE's layouts** (pare/models/head/pare_head.py, pare/models/layers/): ``pose_mlp`` is a
   LocallyConnected2d weight (1, 6, P, 24, 1, 1) -> our (24, P, 6); the shape/camera regressors
   read the pooled (N, 64, 24) features flattened channel-major (f * 24 + j) -> our joint-major
@@ -32,6 +34,7 @@ import hashlib
 import os
 import pickle
 import re
+import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,7 +97,8 @@ def read_lightning_checkpoint(path: str | os.PathLike) -> dict:
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         found = _REFUSED_GLOBAL.search(str(err))
-        name = next((g for g in found.groups() if g), "?").strip() if found else None
+        name = next((g for g in found.groups() if g), "?") if found else None
+        name = name.strip().removeprefix("GLOBAL ") if name else None
         if name:
             raise PareConversionError(
                 f"{path}: refusing to load global '{name}' (nothing was executed). A PARE "
@@ -224,10 +228,16 @@ def _model_settings(pare_cfg: dict, source: str) -> dict[str, Any]:
     method = pare_cfg.get("METHOD", "pare")
     if method != "pare":
         raise PareConversionError(f"{source}: METHOD={method!r}; only PARE ('pare') converts")
-    if dataset.get("USE_HEATMAPS", "part_segm") != "part_segm":
+    heatmaps = dataset.get("USE_HEATMAPS", "part_segm")
+    # part_segm forces keypoint attention on (PARE's PareHead); part_segm_pool only adds a
+    # soft-argmax keypoint output, so with keypoint attention it is the same network.
+    if heatmaps != "part_segm" and not (
+        heatmaps == "part_segm_pool" and opts["USE_KEYPOINT_ATTENTION"]
+    ):
         raise PareConversionError(
-            f"{source}: DATASET.USE_HEATMAPS={dataset['USE_HEATMAPS']!r}; only PARE's part "
-            "segmentation attention ('part_segm') is implemented"
+            f"{source}: DATASET.USE_HEATMAPS={heatmaps!r} with PARE.USE_KEYPOINT_ATTENTION="
+            f"{opts['USE_KEYPOINT_ATTENTION']}; only PARE's part segmentation attention "
+            "('part_segm', or 'part_segm_pool' with keypoint attention) is implemented"
         )
     focal = float(dataset.get("FOCAL_LENGTH", FOCAL_LENGTH))
     if focal != FOCAL_LENGTH:
@@ -516,16 +526,20 @@ def convert_pare(
 
 
 def _check_embedded_config(checkpoint: dict, pare_cfg: dict, ckpt: Path) -> None:
-    """Lightning keeps the training config in ``hyper_parameters``; where it and the YAML both
-    set a network option of PARE's, they must agree."""
+    """Lightning keeps the training config in ``hyper_parameters``. Where it and the YAML set a
+    network option of PARE's differently, warn naming it and follow the YAML: PARE's own
+    scripts/eval.py builds the model from the YAML and then loads the weights, so the published
+    numbers come from the YAML's settings. (Shape-changing differences are errors anyway: the
+    tensors are cross-checked against the YAML.)"""
     embedded = (checkpoint.get("hyper_parameters") or {}).get("PARE")
     if not isinstance(embedded, dict):
         return
-    for key in set(_MAPPED) | set(_FIXED):
+    for key in sorted(set(_MAPPED) | set(_FIXED)):
         if key in embedded and embedded[key] != pare_cfg["PARE"][key]:
-            raise PareConversionError(
-                f"{ckpt}: its own config says PARE.{key}={embedded[key]!r}, the YAML "
-                f"{pare_cfg['PARE'][key]!r}; pass the YAML released with this checkpoint"
+            warnings.warn(
+                f"{ckpt.name}: its own config says PARE.{key}={embedded[key]!r}, the YAML "
+                f"{pare_cfg['PARE'][key]!r}; following the YAML, as PARE's scripts/eval.py does",
+                stacklevel=3,
             )
 
 

@@ -91,7 +91,11 @@ def test_yaml_then_cli_precedence(tmp_path):
             r"must contain 'feats'",
         ),
         (
-            ["model.iterative_regression=true", "model.postconv_keypoint_attention=true"],
+            [
+                "model.iterative_regression=true",
+                "model.pose_input_type=feats.self_pose",
+                "model.postconv_keypoint_attention=true",
+            ],
             r"postconv_keypoint_attention cannot be combined with model\.iterative_regression",
         ),
         (
