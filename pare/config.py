@@ -106,6 +106,10 @@ class DataConfig:
     shuffle_buffer: int = 1000
     steps_per_epoch: int = 1000
     cache_dir: str = ""  # local copies of remote shards (URLs, pipe: commands); empty = none
+    # Training samples that do not decode (a corrupt JPEG, a member lost to a truncated shard)
+    # are skipped and logged with their shard and key; more than this many in one loader
+    # process stops training (the stream is deterministic: a crash would repeat on resume).
+    max_bad_samples: int = 100
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     @property
@@ -120,6 +124,12 @@ class DataConfig:
         # Every backbone downsamples by 32 at its coarsest and the part maps come out at 1/4.
         if self.crop_size % 32:
             raise ConfigError(f"data.crop_size={self.crop_size} must be a multiple of 32")
+        for name in ("batch_size", "steps_per_epoch", "shuffle_buffer"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"data.{name}={getattr(self, name)} must be at least 1")
+        for name in ("num_workers", "max_bad_samples"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"data.{name}={getattr(self, name)} must be >= 0")
         for i, source in enumerate(self.train):
             if source.weight <= 0:
                 raise ConfigError(f"data.train[{i}].weight={source.weight} must be positive")
@@ -321,6 +331,11 @@ class TrainConfig:
         for name in ("log_every", "eval_every", "checkpoint_every", "gradient_accumulation_steps"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"train.{name}={getattr(self, name)} must be at least 1")
+        if self.max_steps < 1:
+            raise ConfigError(
+                f"train.max_steps={self.max_steps} must be at least 1 (0 would export untrained "
+                "weights)"
+            )
         if self.image_every < 0:
             raise ConfigError(f"train.image_every={self.image_every} must be >= 0 (0 = no images)")
 

@@ -21,7 +21,10 @@ def run_entry_point(main, errors: tuple[type[BaseException], ...]) -> None:
     try:
         sys.exit(main())
     except errors as err:
-        print(f"error: {err}", file=sys.stderr)
+        message = str(err).strip()
+        if "Traceback" in message:  # re-raised from a DataLoader worker: keep the cause's line
+            message = message.splitlines()[-1].split(": ", 1)[-1]
+        print(f"error: {message}", file=sys.stderr)
         sys.exit(2)
 
 

@@ -104,6 +104,12 @@ def test_yaml_then_cli_precedence(tmp_path):
         ),
         (["model.keypoint_attention_act=relu"], r"choose one of \['softmax', 'sigmoid'\]"),
         (["model.num_iterations=0"], r"model\.num_iterations=0 must be at least 1"),
+        # Values that used to crash later with a traceback (or export untrained weights).
+        (["data.batch_size=0"], r"data\.batch_size=0 must be at least 1"),
+        (["data.steps_per_epoch=0"], r"data\.steps_per_epoch=0 must be at least 1"),
+        (["data.num_workers=-1"], r"data\.num_workers=-1 must be >= 0"),
+        (["data.max_bad_samples=-1"], r"data\.max_bad_samples=-1 must be >= 0"),
+        (["train.max_steps=0"], r"train\.max_steps=0 must be at least 1"),
     ],
 )
 def test_bad_overrides_name_the_key(overrides, pattern):

@@ -73,6 +73,8 @@ from pare.checkpoint import (  # noqa: E402
 )
 from pare.data.streaming.batch import normalize_images  # noqa: E402
 from pare.data.streaming.stream import (  # noqa: E402
+    BadSamples,
+    NoReadableShards,
     StreamState,
     check_body_model,
     eval_loader,
@@ -330,12 +332,13 @@ def main(argv: list[str] | None = None) -> int:
 
 def setup_logging(run_dir: Path, main_process: bool) -> None:
     """``train.log`` in the run folder and stderr on the main process; warnings only elsewhere."""
+    package = logging.getLogger("pare")  # this script's log and the library's (pare.data)
     if main_process:
         handler = logging.FileHandler(run_dir / "train.log")
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-        log.addHandler(handler)
-        log.addHandler(logging.StreamHandler(sys.stderr))
-    log.setLevel(logging.INFO if main_process else logging.WARNING)
+        package.addHandler(handler)
+        package.addHandler(logging.StreamHandler(sys.stderr))
+    package.setLevel(logging.INFO if main_process else logging.WARNING)
 
 
 def build_optimizer(
@@ -562,4 +565,6 @@ def log_overlay(accelerator, run_dir: Path, step: int, batch: dict, pred: dict, 
 
 
 if __name__ == "__main__":
-    run_entry_point(main, (ConfigError, LaunchError, FileNotFoundError))
+    run_entry_point(
+        main, (ConfigError, LaunchError, FileNotFoundError, NoReadableShards, BadSamples)
+    )

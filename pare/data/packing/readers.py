@@ -211,5 +211,15 @@ def read_eft(path: Path) -> dict[tuple[str, int], dict]:
         raise DatasetLayoutError(
             f"EFT fits not found: {path} (e.g. MPII_ver01.json from the EFT release)"
         )
-    data = json.loads(path.read_text())
-    return {(Path(item["imageName"]).name, int(item["annotId"])): item for item in data["data"]}
+    try:
+        data = json.loads(path.read_text())
+        return {(Path(item["imageName"]).name, int(item["annotId"])): item for item in data["data"]}
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DatasetLayoutError(
+            f"{path}: not readable JSON ({e}); the file is truncated or corrupt, download it again"
+        ) from None
+    except (KeyError, TypeError, ValueError) as e:
+        raise DatasetLayoutError(
+            f"{path}: not EFT fits (expected {{'data': [{{'imageName', 'annotId', ...}}]}}; "
+            f"{type(e).__name__}: {e})"
+        ) from None

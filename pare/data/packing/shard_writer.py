@@ -104,16 +104,31 @@ class PackError(RuntimeError):
     """Packing stopped (``--strict`` and a sample had to be skipped, or inconsistent state)."""
 
 
+class _StartFailure:
+    """A worker could not make its sample builder (a wrong body-model folder, a truncated EFT
+    file): returned in place of every result so that the main process raises ``error``. Raised
+    in the initializer instead, the pool would restart the dying worker forever."""
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
 # Worker-process state: the sample builder, made once per process by the initializer.
 _BUILDER: Callable[[Any], dict[str, bytes]] | None = None
+_START_FAILURE: _StartFailure | None = None
 
 
 def _init_worker(factory: Callable[[], Callable[[Any], dict[str, bytes]]]) -> None:
-    global _BUILDER
-    _BUILDER = factory()
+    global _BUILDER, _START_FAILURE
+    try:
+        _BUILDER = factory()
+    except Exception as e:  # carried back to the main process: see _StartFailure
+        _START_FAILURE = _StartFailure(e)
 
 
-def _build(record: Any) -> dict[str, bytes] | SampleError:
+def _build(record: Any) -> dict[str, bytes] | SampleError | _StartFailure:
+    if _START_FAILURE is not None:
+        return _START_FAILURE
     assert _BUILDER is not None
     # One torch thread: float results (body model, joints) can differ in the last bit between
     # thread counts, and shards must be byte-identical wherever they are packed (a laptop, a
@@ -189,7 +204,8 @@ def _build_all(todo: list, builder_factory, options: ShardOptions):
         ctx = multiprocessing.get_context("spawn")  # no fork of a process holding torch threads
         pool = ctx.Pool(options.workers, initializer=_init_worker, initargs=(builder_factory,))
         return pool.imap(_build, todo, chunksize=4), pool
-    _init_worker(builder_factory)
+    global _BUILDER
+    _BUILDER = builder_factory()  # in this process: a failure raises here
     return map(_build, todo), None
 
 
@@ -247,6 +263,8 @@ def _write_results(
     sink: _ShardSink | None = None
     try:
         for position, result in enumerate(results, start=start):
+            if isinstance(result, _StartFailure):
+                raise result.error
             if sink is None:
                 sink = _ShardSink(out, f"{prefix}-{len(done):06d}.tar", position)
             if isinstance(result, SampleError):

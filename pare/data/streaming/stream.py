@@ -15,11 +15,15 @@ webdataset's opener.
 
 from __future__ import annotations
 
+import atexit
 import io
 import json
+import logging
+import multiprocessing
 import os
 import random
 import re
+import signal
 import struct
 import warnings
 from dataclasses import dataclass
@@ -51,6 +55,21 @@ class ShardSource:
 
     urls: list[str]
     weight: float = 1.0
+    label: str = ""  # how errors name the dataset (its config path); "" = its first URL
+
+    def name(self) -> str:
+        return self.label or (self.urls[0] if self.urls else "?")
+
+
+log = logging.getLogger("pare.data")
+
+
+class NoReadableShards(RuntimeError):
+    """Every shard of a training source failed to open: the stream would wait forever."""
+
+
+class BadSamples(RuntimeError):
+    """More unreadable samples than ``data.max_bad_samples`` in one loader process."""
 
 
 def _open_with_fsspec(url: str, mode: str = "rb", bufsize: int = 8192, **kw):
@@ -241,18 +260,92 @@ class DecodeAugment:
         seed: int,
         crop_size: int,
         train: bool,
+        max_bad_samples: int = 0,
     ):
         self.cfg, self.index, self.seed = augment_cfg, dataset_index, seed
         self.crop_size, self.train = crop_size, train
+        self.max_bad_samples, self.bad_samples = max_bad_samples, 0
         self._rng: np.random.Generator | None = None
 
-    def __call__(self, raw: dict) -> dict:
+    def __call__(self, raw: dict) -> dict | None:
         if self._rng is None:
             rank, _ = rank_and_world()
             self._rng = np.random.default_rng(_seed(self.seed, rank, _worker()[0], self.index))
-        sample = decode_sample(raw)
+        try:
+            sample = decode_sample(raw)
+        except Exception as e:  # a damaged sample: skipped and counted (see _skip)
+            return self._skip(raw, e)
         params = draw_params(self._rng, self.cfg) if self.train else AugmentParams()
         return to_item(augment(sample, params, self.crop_size), self.index)
+
+    def _skip(self, raw: dict, error: Exception) -> None:
+        """Skip a sample that does not decode (a corrupt JPEG, a member lost to a truncated
+        shard), naming its shard and key; past ``max_bad_samples`` in this process, stop. A
+        crash here would replay on every resume: the stream is deterministic."""
+        self.bad_samples += 1
+        where = f"{raw.get('__url__', '?')}, sample {raw.get('__key__', '?')}"
+        why = f"{type(error).__name__}: {error}"
+        if self.bad_samples > self.max_bad_samples:
+            raise BadSamples(
+                f"{self.bad_samples} unreadable samples in one loader process, more than "
+                f"data.max_bad_samples={self.max_bad_samples}; the last: {where} ({why}). "
+                "Check the splits with shards/verify.py and repack the damaged ones"
+            ) from error
+        log.warning(
+            "skipping an unreadable sample (%d so far): %s (%s)", self.bad_samples, where, why
+        )
+        return None
+
+
+class _ShardFailures:
+    """webdataset's handler for shards that fail to open or read: warn once per shard, go on
+    with the others, and stop naming the source when every one of its shards has failed
+    (resampling would otherwise retry them forever and the run would never take a step)."""
+
+    def __init__(self, source: ShardSource) -> None:
+        self.source, self.failed = source, {}
+
+    def __call__(self, error: Exception) -> bool:
+        url = next((a for a in reversed(error.args) if isinstance(a, str)), "?")
+        if url not in self.failed:
+            self.failed[url] = f"{type(error).__name__}: {error.args[0] if error.args else ''}"
+            log.warning("cannot read shard %s (%s); using the others", url, self.failed[url])
+        if set(self.source.urls) <= set(self.failed):
+            example = next(iter(self.failed.items()))
+            raise NoReadableShards(
+                f"no shard of {self.source.name()} can be read ({len(self.source.urls)} tried; "
+                f"e.g. {example[0]}: {example[1]}); check the split with shards/verify.py"
+            )
+        return True
+
+
+def ignore_stop_signals(_worker_id: int = 0) -> None:
+    """DataLoader ``worker_init_fn``: loader workers ignore SIGTERM, SIGINT and SIGUSR1. A
+    process-group signal (``timeout``, ``kill -TERM -PGID``, SLURM job steps) reaches them too;
+    dying first, they would crash the trainer before it saves. The main process decides, and
+    stops them when it exits (:func:`_kill_loader_workers`)."""
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
+        signal.signal(sig, signal.SIG_IGN)
+
+
+def _kill_loader_workers() -> None:
+    """At exit, SIGKILL the loader workers still running (daemonic children). multiprocessing's
+    own exit hook would SIGTERM them, which they ignore, and then wait forever; registered
+    later, this hook runs first. (PyTorch's SIGCHLD handler, which reports a killed worker as
+    an error, is reset first: here the kill is the intent.)"""
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    for child in multiprocessing.active_children():
+        if child.daemon:
+            child.kill()
+
+
+_EXIT_HOOK: list[bool] = []
+
+
+def _register_exit_hook() -> None:
+    if not _EXIT_HOOK:
+        atexit.register(_kill_loader_workers)
+        _EXIT_HOOK.append(True)
 
 
 class _WorkerSeed:
@@ -265,17 +358,16 @@ class _WorkerSeed:
         return _seed(self.seed, rank_and_world()[0], _worker()[0])
 
 
-def _samples_from_shards(cache_dir: str) -> list:
+def _samples_from_shards(cache_dir: str, handler=wds.warn_and_continue) -> list:
     """Pipeline stages from shard URLs to samples; with ``cache_dir``, remote shards (URLs,
-    ``pipe:`` commands) are downloaded there once and read locally afterwards."""
+    ``pipe:`` commands) are downloaded there once and read locally afterwards. ``handler``
+    gets every shard-level error."""
     if not cache_dir:
-        return [wds.tarfile_to_samples(handler=wds.warn_and_continue)]
+        return [wds.tarfile_to_samples(handler=handler)]
     return [
-        wds.cache.FileCache(cache_dir, handler=wds.warn_and_continue),
-        wds.filters.pipelinefilter(wds.tariterators.tar_file_expander)(
-            handler=wds.warn_and_continue
-        ),
-        wds.filters.pipelinefilter(wds.tariterators.group_by_keys)(handler=wds.warn_and_continue),
+        wds.cache.FileCache(cache_dir, handler=handler),
+        wds.filters.pipelinefilter(wds.tariterators.tar_file_expander)(handler=handler),
+        wds.filters.pipelinefilter(wds.tariterators.group_by_keys)(handler=handler),
     ]
 
 
@@ -286,13 +378,22 @@ def _dataset_pipeline(
         wds.ResampledShards(
             source.urls, seed=seed, worker_seed=_WorkerSeed(seed), deterministic=True
         ),
-        *_samples_from_shards(cfg.cache_dir),
+        *_samples_from_shards(cfg.cache_dir, _ShardFailures(source)),
         wds.shuffle(
             cfg.shuffle_buffer,
             initial=min(cfg.shuffle_buffer, 100),
             rng=random.Random(seed + index),
         ),
-        wds.map(DecodeAugment(cfg.augment, index, seed, cfg.crop_size, train=True)),
+        wds.map(
+            DecodeAugment(
+                cfg.augment,
+                index,
+                seed,
+                cfg.crop_size,
+                train=True,
+                max_bad_samples=cfg.max_bad_samples,
+            )
+        ),
     )
 
 
@@ -311,8 +412,29 @@ class WeightedMix(IterableDataset):
 
 
 def sources_from_config(entries: list[DatasetSource]) -> list[ShardSource]:
-    """``data.train`` / ``data.val`` entries ({path, weight}) -> stream sources."""
-    return [ShardSource(shard_urls(e.path), e.weight) for e in entries]
+    """``data.train`` / ``data.val`` entries ({path, weight}) -> stream sources. Raises
+    FileNotFoundError naming a source none of whose local shard files exists (a manifest left
+    without its shards); missing ones among others are a warning."""
+    sources = []
+    for entry in entries:
+        urls = shard_urls(entry.path)
+        local = [u for u in urls if ":" not in u.split("/", 1)[0] and "{" not in u]
+        missing = [u for u in local if not Path(u).is_file()]
+        if urls and len(missing) == len(urls):
+            raise FileNotFoundError(
+                f"none of the {len(urls)} shards of {entry.path} exists (e.g. {missing[0]}); "
+                "repack the split or fix data.train/data.val"
+            )
+        if missing:
+            log.warning(
+                "%d of %d shards of %s are missing, e.g. %s",
+                len(missing),
+                len(urls),
+                entry.path,
+                missing[0],
+            )
+        sources.append(ShardSource(urls, entry.weight, entry.path))
+    return sources
 
 
 def train_loader(
@@ -334,7 +456,10 @@ def train_loader(
         num_workers=cfg.num_workers,
         persistent_workers=False,
         pin_memory=False,
+        worker_init_fn=ignore_stop_signals if cfg.num_workers else None,
     )
+    if cfg.num_workers:
+        _register_exit_hook()
     return loader.with_epoch(steps_per_epoch)
 
 

@@ -334,3 +334,26 @@ def test_slices_keep_skipped_samples_in_order(raw, tmp_path):
     assert one["skipped"].get("corrupt_image", 0) > 0
     assert four == one
     assert _digests(tmp_path / "four") == _digests(tmp_path / "one")
+
+
+@pytest.mark.parametrize("fault", ["truncated-eft", "missing-body-model"])
+def test_a_worker_that_cannot_start_stops_the_packer(raw, tmp_path, fault):
+    """With several workers, a sample builder that cannot be made (it reads the EFT fits and the
+    body model) used to make the pool restart dying workers forever; it must stop the packer
+    with the one-line error, as one worker does."""
+    eft = raw / "mpii" / "MPII_ver01.json"
+    body_model = "standin"
+    if fault == "truncated-eft":
+        cut = tmp_path / "MPII_ver01.json"
+        cut.write_bytes(eft.read_bytes()[:1000])
+        eft, named = cut, str(cut)
+    else:
+        body_model = str(tmp_path / "smpl_typo")
+        (tmp_path / "smpl_typo").mkdir()
+        named = "smpl_typo"
+    cmd = [sys.executable, str(ROOT / "shards" / "pack_mpii.py"), "--root", str(raw / "mpii")]
+    cmd += ["--split", "train", "--out", str(tmp_path / "o"), "--eft", str(eft)]
+    cmd += ["--body-model", body_model, "--workers", "2", "--no-progress"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert named in out.stderr and "Traceback" not in out.stderr, out.stderr[-2000:]
