@@ -119,6 +119,18 @@ def save_checkpoint(
     return final
 
 
+def update_counters(run_dir: Path, step: int, counters: dict) -> None:
+    """Replace ``trainer_state.json`` of the complete checkpoint of ``step`` (atomically): the
+    training loop saves before evaluating, then records the evaluation's result here rather
+    than writing the whole checkpoint again. Main process only."""
+    from pare.io_utils import write_json_atomic
+
+    folder = checkpoint_dir(run_dir, step)
+    if not (folder / COMPLETE).is_file():
+        raise FileNotFoundError(f"{folder} is not a complete checkpoint")
+    write_json_atomic(folder / TRAINER_STATE, counters)
+
+
 def export_weights(model: torch.nn.Module, path: Path, metadata: dict | None = None) -> Path:
     """The model's state dict as safetensors (atomically), for evaluation and prediction."""
     return save_weights(model.state_dict(), path, metadata)

@@ -25,7 +25,13 @@ from pathlib import Path
 from pare.body import SMPLBody
 from pare.checkpoint import load_trained_model, resolve_checkpoint
 from pare.config import ConfigError
-from pare.data.streaming.stream import check_body_model, eval_loader, shard_urls
+from pare.data.streaming.stream import (
+    BadSamples,
+    UnreadableShard,
+    check_body_model,
+    eval_loader,
+    shard_urls,
+)
 from pare.evaluation import (
     METRICS,
     ConstantPrediction,
@@ -203,4 +209,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    run_entry_point(main, (ConfigError, FileNotFoundError, LaunchError, ValueError))
+    run_entry_point(
+        main, (ConfigError, FileNotFoundError, LaunchError, ValueError, BadSamples, UnreadableShard)
+    )

@@ -70,12 +70,14 @@ from pare.checkpoint import (  # noqa: E402
     load_initial_weights,
     resolve_resume,
     save_checkpoint,
+    update_counters,
 )
 from pare.data.streaming.batch import normalize_images  # noqa: E402
 from pare.data.streaming.stream import (  # noqa: E402
     BadSamples,
     NoReadableShards,
     StreamState,
+    UnreadableShard,
     check_body_model,
     eval_loader,
     shard_urls,
@@ -151,6 +153,12 @@ def main(argv: list[str] | None = None) -> int:
 
     # ------------------------------------------------------------------ resume
     state, stream = TrainState(), StreamState(seed=train_cfg.seed)
+    keep = train_cfg.keep_checkpoints
+
+    def counters() -> dict:
+        # Every rank runs the same steps, so rank 0's stream position is every rank's.
+        return {"train": state.state_dict(), "stream": stream.state_dict()}
+
     resume_dir = resolve_resume(run_dir, train_cfg.resume)
     if resume_dir is not None:
         accelerator.load_state(str(resume_dir))
@@ -262,9 +270,13 @@ def main(argv: list[str] | None = None) -> int:
             if main_process and due(state.step, train_cfg.image_every):
                 log_overlay(accelerator, run_dir, state.step, batch, pred, faces)
 
-            # -- evaluate
+            # -- evaluate, with the training state saved first: a damaged validation shard
+            # stops the run (naming it) without losing the steps since the last checkpoint
+            saved_at = None
             if val_urls and due(state.step, train_cfg.eval_every, train_cfg.max_steps):
                 with timer.paused():  # not training time
+                    save_checkpoint(accelerator, run_dir, state.step, keep, counters())
+                    saved_at = state.step
                     validate(accelerator, model, val_urls, cfg.data, gt_bodies, state, run_dir)
 
             # -- checkpoint and stop (collective: every rank checks at the same step)
@@ -273,11 +285,12 @@ def main(argv: list[str] | None = None) -> int:
             if accelerator.check_trigger():
                 stopped = stop.reason or "another rank asked to stop"
             if stopped or due(state.step, train_cfg.checkpoint_every, train_cfg.max_steps):
-                # Every rank runs the same steps, so rank 0's stream position is every rank's.
-                counters = {"train": state.state_dict(), "stream": stream.state_dict()}
-                save_checkpoint(
-                    accelerator, run_dir, state.step, train_cfg.keep_checkpoints, counters
-                )
+                if saved_at == state.step:  # saved before evaluating: add the evaluation's result
+                    if main_process:
+                        update_counters(run_dir, state.step, counters())
+                    accelerator.wait_for_everyone()
+                else:
+                    save_checkpoint(accelerator, run_dir, state.step, keep, counters())
             timer.restart()
 
         # ------------------------------------------------------------------ finish
@@ -566,5 +579,13 @@ def log_overlay(accelerator, run_dir: Path, step: int, batch: dict, pred: dict, 
 
 if __name__ == "__main__":
     run_entry_point(
-        main, (ConfigError, LaunchError, FileNotFoundError, NoReadableShards, BadSamples)
+        main,
+        (
+            ConfigError,
+            LaunchError,
+            FileNotFoundError,
+            NoReadableShards,
+            BadSamples,
+            UnreadableShard,
+        ),
     )

@@ -145,3 +145,28 @@ def test_damaged_samples_are_skipped_named_and_limited(packed, tmp_path):
     assert out.returncode == 2, out.stderr[-3000:]
     last = out.stderr.strip().splitlines()[-1]
     assert "data.max_bad_samples=0" in last and shard.name in last, out.stderr[-3000:]
+
+
+@pytest.mark.parametrize("cut", ["inside a member", "at a member boundary"])
+def test_a_damaged_validation_shard_stops_after_saving(packed, tmp_path, cut):
+    """In-loop evaluation used to crash on a truncated validation shard and lose the steps since
+    the last checkpoint: the state is saved before evaluating, and the error names the shard."""
+    val = _copy_split(packed, "3dpw_val", tmp_path)
+    shard = sorted(val.glob("*.tar"))[0]
+    with tarfile.open(shard) as tar:
+        members = tar.getmembers()
+    # Cut inside the second sample's last member, or just before it (its npz lost).
+    last = [m for m in members if m.name.endswith(".npz")][1]
+    end = last.offset_data + (last.size // 2 if cut == "inside a member" else 0)
+    end = end if cut == "inside a member" else last.offset
+    shard.write_bytes(shard.read_bytes()[:end])
+    run = tmp_path / "run"
+    args = _args(
+        packed, run, "train.max_steps=2", "train.eval_every=2", "train.checkpoint_every=100"
+    )
+    args = [a for a in args if not a.startswith("data.val=")]
+    out = _train([*args, f"data.val=[{{path: {val}, weight: 1.0}}]"], check=False)
+    assert out.returncode == 2, out.stderr[-3000:]
+    last_line = out.stderr.strip().splitlines()[-1]
+    assert last_line.startswith("error: ") and shard.name in last_line, out.stderr[-3000:]
+    assert (run / "checkpoints" / "step-0000002" / "COMPLETE").is_file()

@@ -69,7 +69,22 @@ class NoReadableShards(RuntimeError):
 
 
 class BadSamples(RuntimeError):
-    """More unreadable samples than ``data.max_bad_samples`` in one loader process."""
+    """More unreadable samples than ``data.max_bad_samples`` in one loader process (for
+    evaluation, which needs every sample: any)."""
+
+
+class UnreadableShard(RuntimeError):
+    """An evaluation shard that cannot be opened or read to its end."""
+
+
+def _eval_shard_error(error: Exception) -> bool:
+    """webdataset's handler for evaluation: every sample counts, so a shard that cannot be read
+    stops evaluation, naming it."""
+    url = next((a for a in reversed(error.args) if isinstance(a, str)), "?")
+    raise UnreadableShard(
+        f"evaluation shard {url} cannot be read ({type(error).__name__}: "
+        f"{error.args[0] if error.args else ''}); check it with shards/verify.py and repack it"
+    )
 
 
 def _open_with_fsspec(url: str, mode: str = "rb", bufsize: int = 8192, **kw):
@@ -479,7 +494,9 @@ class EvalSamples(IterableDataset):
         rank, world = rank_and_world()
         worker, workers = _worker()
         slot, total = rank * workers + worker, world * workers
-        samples = wds.DataPipeline(wds.SimpleShardList(self.urls), wds.tarfile_to_samples())
+        samples = wds.DataPipeline(
+            wds.SimpleShardList(self.urls), wds.tarfile_to_samples(handler=_eval_shard_error)
+        )
         for index, raw in enumerate(samples):  # a fixed order: shards in list order, tar order
             if index % total == slot:
                 yield self.convert(raw)
