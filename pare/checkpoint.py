@@ -66,12 +66,22 @@ def checkpoint_dir(run_dir: Path, step: int) -> Path:
     return Path(run_dir) / CHECKPOINTS / f"step-{step:07d}"
 
 
+# What a checkpoint folder must hold besides its COMPLETE marker: a kill while pruning (or a
+# hand-deleted file) can leave the marker without them.
+_REQUIRED = ("model.safetensors", TRAINER_STATE)
+
+
+def is_complete(folder: Path) -> bool:
+    """A checkpoint folder that a resume can use: the marker and the files it vouches for."""
+    return all((Path(folder) / name).is_file() for name in (COMPLETE, *_REQUIRED))
+
+
 def complete_checkpoints(run_dir: Path) -> list[Path]:
-    """Complete checkpoint folders of a run, oldest first."""
+    """Complete checkpoint folders of a run (see :func:`is_complete`), oldest first."""
     root = Path(run_dir) / CHECKPOINTS
     if not root.is_dir():
         return []
-    found = [p for p in root.iterdir() if _STEP_DIR.match(p.name) and (p / COMPLETE).is_file()]
+    found = [p for p in root.iterdir() if _STEP_DIR.match(p.name) and is_complete(p)]
     return sorted(found, key=lambda p: int(_STEP_DIR.match(p.name).group(1)))
 
 
@@ -84,7 +94,7 @@ def resolve_resume(run_dir: Path, resume: str) -> Path | None:
         found = complete_checkpoints(run_dir)
         return found[-1] if found else None
     path = Path(resume)
-    if not (path / COMPLETE).is_file():
+    if not is_complete(path):
         raise FileNotFoundError(
             f"{path} is not a complete checkpoint (no {COMPLETE} marker); pass a folder from "
             f"{Path(run_dir) / CHECKPOINTS} or train.resume=auto"
@@ -114,6 +124,7 @@ def save_checkpoint(
             shutil.rmtree(final)
         os.replace(tmp, final)
         for old in complete_checkpoints(run_dir)[:-keep] if keep > 0 else []:
+            (old / COMPLETE).unlink()  # first: a kill mid-removal leaves no "complete" remnant
             shutil.rmtree(old)
     accelerator.wait_for_everyone()
     return final
@@ -159,9 +170,17 @@ def load_weights(model: torch.nn.Module, path: Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"model weights not found: {path} (train/train.py writes them)")
-    model.load_state_dict(load_file(str(path)))
-    with safe_open(str(path), "pt") as f:
-        return {k: json.loads(v) for k, v in (f.metadata() or {}).items()}
+    try:
+        state = load_file(str(path))
+        with safe_open(str(path), "pt") as f:
+            metadata = f.metadata() or {}
+    except Exception as err:  # safetensors raises its own error type for a damaged file
+        raise ValueError(
+            f"{path} is not a readable safetensors file ({err}); it is truncated or damaged: "
+            "export or copy it again"
+        ) from None
+    model.load_state_dict(state)
+    return {k: json.loads(v) for k, v in metadata.items()}
 
 
 def resolve_checkpoint(path: Path, which: str = "best") -> tuple[Path, Path | None]:

@@ -11,6 +11,7 @@ from pare.checkpoint import (
     export_weights,
     load_initial_weights,
     load_trained_model,
+    load_weights,
     resolve_resume,
 )
 from pare.config import ConfigError, load_config, save_config
@@ -26,16 +27,28 @@ def _model(*overrides, seed=0):
 
 
 def test_only_complete_checkpoints_are_resumed(tmp_path):
-    for step in (5, 10, 20):
+    for step in (5, 10, 15, 20):
         checkpoint_dir(tmp_path, step).mkdir(parents=True)
-    (checkpoint_dir(tmp_path, 5) / COMPLETE).touch()
-    (checkpoint_dir(tmp_path, 10) / COMPLETE).touch()  # 20 was killed while saving
+    for step in (5, 10):
+        for name in (COMPLETE, "model.safetensors", "trainer_state.json"):
+            (checkpoint_dir(tmp_path, step) / name).touch()
+    (checkpoint_dir(tmp_path, 15) / COMPLETE).touch()  # its files gone: killed while pruning
+    # 20 was killed while saving (no marker)
     assert [p.name for p in complete_checkpoints(tmp_path)] == ["step-0000005", "step-0000010"]
     assert resolve_resume(tmp_path, "auto") == checkpoint_dir(tmp_path, 10)
     assert resolve_resume(tmp_path, "") is None
     assert resolve_resume(tmp_path / "fresh", "auto") is None
-    with pytest.raises(FileNotFoundError, match="not a complete checkpoint"):
-        resolve_resume(tmp_path, str(checkpoint_dir(tmp_path, 20)))
+    for step in (15, 20):
+        with pytest.raises(FileNotFoundError, match="not a complete checkpoint"):
+            resolve_resume(tmp_path, str(checkpoint_dir(tmp_path, step)))
+
+
+def test_a_truncated_weights_file_is_named(tmp_path):
+    model, _ = _model()
+    path = export_weights(model, tmp_path / "model.safetensors")
+    path.write_bytes(path.read_bytes()[:5000])
+    with pytest.raises(ValueError, match=r"model\.safetensors is not a readable safetensors file"):
+        load_weights(model, path)
 
 
 def test_initial_weights_start_the_attention_variant_as_the_vanilla_network(tmp_path):

@@ -75,6 +75,7 @@ from pare.checkpoint import (  # noqa: E402
 from pare.data.streaming.batch import normalize_images  # noqa: E402
 from pare.data.streaming.stream import (  # noqa: E402
     BadSamples,
+    DamagedManifest,
     NoReadableShards,
     StreamState,
     UnreadableShard,
@@ -584,6 +585,7 @@ if __name__ == "__main__":
             ConfigError,
             LaunchError,
             FileNotFoundError,
+            DamagedManifest,
             NoReadableShards,
             BadSamples,
             UnreadableShard,

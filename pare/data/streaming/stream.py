@@ -73,6 +73,20 @@ class BadSamples(RuntimeError):
     evaluation, which needs every sample: any)."""
 
 
+class DamagedManifest(ValueError):
+    """A split's ``manifest.json`` that is not readable JSON (a truncated copy)."""
+
+
+def _read_manifest(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DamagedManifest(
+            f"{path} is not readable JSON ({e}); the split's manifest is truncated or damaged: "
+            "copy the split folder again or repack it"
+        ) from None
+
+
 class UnreadableShard(RuntimeError):
     """An evaluation shard that cannot be opened or read to its end."""
 
@@ -125,7 +139,7 @@ def shard_urls(path: str) -> list[str]:
     p = Path(path)
     manifest = p / "manifest.json" if p.is_dir() else p
     if manifest.suffix == ".json" and manifest.is_file():
-        data = json.loads(manifest.read_text())
+        data = _read_manifest(manifest)
         return [str(manifest.parent / s["url"]) for s in data["shardlist"]]
     if p.is_dir():
         raise FileNotFoundError(f"{p} has no manifest.json; pack it with shards/pack_*.py first")
@@ -155,7 +169,7 @@ def check_body_model(split_paths: list[str], model_path: str) -> None:
         manifest = p / "manifest.json" if p.is_dir() else p
         if manifest.suffix != ".json" or not manifest.is_file():
             continue
-        recorded = json.loads(manifest.read_text()).get("body_model")
+        recorded = _read_manifest(manifest).get("body_model")
         if recorded is None:
             warnings.warn(
                 f"{manifest} does not record the body model it was packed with; repack it "

@@ -180,3 +180,14 @@ def test_two_cpu_processes_with_uneven_shards_run_the_same_steps(packed, tmp_pat
     for batch in eval_loader(shard_urls(str(folder)), batch_size=5):
         single.update(zip(batch["__key__"], batch["joints_3d"][:, 0, 2].tolist(), strict=True))
     np.testing.assert_allclose(reports[0]["eval_depth"], [single[k] for k in expected], rtol=1e-6)
+
+
+def test_a_truncated_manifest_is_named(packed, tmp_path):
+    from pare.data.streaming.stream import DamagedManifest
+
+    split = tmp_path / "split"
+    split.mkdir()
+    text = (packed / "3dpw" / "manifest.json").read_text()
+    (split / "manifest.json").write_text(text[: len(text) // 2])
+    with pytest.raises(DamagedManifest, match=r"manifest\.json is not readable JSON"):
+        shard_urls(str(split))
