@@ -85,17 +85,58 @@ def evaluate(
         pred = model(normalize_images(kept["image"].to(device, non_blocking=True)))
         gt = gt_bodies(kept["pose"].to(device), kept["betas"].to(device), kept["gender"].to(device))
         values = sample_errors(pred, gt) | (extra(pred, kept) if extra else {})
+        values["_nonfinite"] = _nonfinite_source(kept, pred)
         for name, value in values.items():
             rows.setdefault(name, []).append(value)
         keys += [k for k, kept in zip(batch["__key__"], keep.tolist(), strict=True) if kept]
     model.train(was_training)
     local = {m: np.concatenate(v) if v else np.zeros(0) for m, v in rows.items()}
     keys, values = gather_per_sample(keys, local)
+    # Every rank holds every row, so every rank raises the same error (none waits in a collective).
+    check_finite(keys, values.pop("_nonfinite", np.zeros(0)), values)
     return {
         "keys": keys,
         **values,
         "mean": {m: float(values[m].mean()) if len(keys) else float("nan") for m in METRICS},
     }
+
+
+class NonFiniteSample(ValueError):
+    """A sample whose ground truth or prediction holds NaN or inf: it would make every mean NaN."""
+
+
+def _nonfinite_source(batch: dict, pred: dict) -> np.ndarray:
+    """Per sample (B,) int8: 0 finite, 1 non-finite ground truth (pose, betas), 2 non-finite
+    prediction (vertices, joints)."""
+    gt_ok = torch.isfinite(batch["pose"]).all(1) & torch.isfinite(batch["betas"]).all(1)
+    pred_ok = torch.isfinite(pred["vertices"].flatten(1)).all(1) & torch.isfinite(
+        pred["h36m_3d"].flatten(1)
+    ).all(1)
+    source = torch.where(~gt_ok.cpu(), 1, torch.where(~pred_ok.cpu(), 2, 0))
+    return source.numpy().astype(np.int8)
+
+
+def check_finite(keys: list[str], source: np.ndarray, values: dict[str, np.ndarray]) -> None:
+    """Raise :class:`NonFiniteSample` naming the first sample whose ground truth or prediction
+    (``source``: 1 or 2, see :func:`_nonfinite_source`) or any metric is not finite."""
+    bad_metric = np.zeros(len(keys), bool)
+    for name in METRICS:
+        if name in values and len(values[name]):
+            bad_metric |= ~np.isfinite(values[name])
+    if not (bad_metric.any() or (source != 0).any()):
+        return
+    i = int(np.flatnonzero((source != 0) | bad_metric)[0])
+    count = int(((source != 0) | bad_metric).sum())
+    if len(source) and source[i] == 1:
+        what = (
+            "its ground-truth pose or betas are not finite; packers now reject such samples: "
+            "repack the split (shards/verify.py names them)"
+        )
+    elif len(source) and source[i] == 2:
+        what = "the model's prediction is not finite (diverged weights?); check the checkpoint"
+    else:
+        what = "a metric is not finite"
+    raise NonFiniteSample(f"evaluation sample {keys[i]} ({count} such): {what}")
 
 
 def per_sequence(result: dict) -> dict[str, dict[str, float]]:

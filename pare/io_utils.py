@@ -29,6 +29,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
     """Open a temporary file beside ``path``; it replaces ``path`` only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    # The name leftover_temporaries() looks for.
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, mode) as f:
@@ -38,6 +39,12 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def leftover_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Temporary files a killed :func:`atomic_open` of ``path`` left behind."""
+    path = Path(path)
+    return sorted(path.parent.glob(f".{path.name}.*.tmp"))
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:

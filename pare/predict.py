@@ -4,7 +4,9 @@ keypoints, or a centred crop), batched prediction, per-person outputs and mesh o
 A person box is SPIN's: a centre and a side (1.2 x the extent of the keypoints or of a detector's
 box). Its crop goes through the network; the crop camera ``[s, tx, ty]`` becomes a translation in
 the full image's camera (focal ``--focal``, default the image diagonal, principal point at the
-centre), so meshes, joints and the overlay live in that camera.
+centre), so meshes, joints and the overlay live in that camera. Crops come from the full image;
+the overlay is drawn on a copy at most ``OVERLAY_MAX_SIDE`` px on its longer side, with the
+camera scaled to it, so its memory stays bounded whatever the input's size.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from pare.data.packing.samples import BOX_EXTENT
 from pare.geometry import crop_camera_to_full, matrix_to_axis_angle
@@ -26,6 +28,7 @@ from pare.render import Camera, Mesh, render
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm"}
+OVERLAY_MAX_SIDE = 1920  # px, the overlay's longer side at most (a full-HD frame is drawn as is)
 
 
 @dataclass
@@ -34,9 +37,19 @@ class Frame:
     image: np.ndarray  # (H, W, 3) uint8 RGB
 
 
-def iter_frames(inputs: list[Path], video_step: int = 1) -> Iterator[Frame]:
+@dataclass
+class Unreadable:
+    """An input that did not decode: an image, a video that did not open, or one that stopped
+    decoding part way (its frames before that point came as frames)."""
+
+    path: Path
+    reason: str  # one line naming the file, what went wrong and what to do
+
+
+def iter_frames(inputs: list[Path], video_step: int = 1) -> Iterator[Frame | Unreadable]:
     """Frames of the inputs in order: images, the images of folders (sorted, not recursive) and
-    every ``video_step``-th frame of videos (which need ``pip install 'pare[video]'``)."""
+    every ``video_step``-th frame of videos (which need ``pip install 'pare[video]'``). An input
+    that does not decode comes as an :class:`Unreadable` in its place, for the caller to skip."""
     for path in map(Path, inputs):
         if not path.exists():
             raise FileNotFoundError(f"input not found: {path}")
@@ -45,11 +58,11 @@ def iter_frames(inputs: list[Path], video_step: int = 1) -> Iterator[Frame]:
             if not files:
                 raise FileNotFoundError(f"{path} holds no images ({sorted(IMAGE_SUFFIXES)})")
             for file in files:
-                yield Frame(file.stem, read_image(file))
+                yield _image_frame(file)
         elif path.suffix.lower() in VIDEO_SUFFIXES:
             yield from _video_frames(path, video_step)
         elif path.suffix.lower() in IMAGE_SUFFIXES:
-            yield Frame(path.stem, read_image(path))
+            yield _image_frame(path)
         else:
             raise ValueError(
                 f"{path}: not an image ({sorted(IMAGE_SUFFIXES)}), video "
@@ -57,17 +70,36 @@ def iter_frames(inputs: list[Path], video_step: int = 1) -> Iterator[Frame]:
             )
 
 
+def _image_frame(path: Path) -> Frame | Unreadable:
+    try:
+        return Frame(path.stem, read_image(path))
+    except ValueError as e:
+        return Unreadable(path, str(e))
+
+
 def read_image(path: Path) -> np.ndarray:
+    """(H, W, 3) uint8 RGB. Anything Pillow cannot decode (an empty or truncated file, another
+    format under an image suffix, an image past Pillow's decompression-bomb limit) raises
+    ValueError naming the file."""
     try:
         with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
-    except (OSError, ValueError) as e:
+            # convert() to the same mode copies: a 100-megapixel JPEG would briefly be held twice
+            return np.asarray(im if im.mode == "RGB" else im.convert("RGB"))
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        if path.is_file() and path.stat().st_size == 0:
+            reason = "an empty file"
+        elif isinstance(e, UnidentifiedImageError):
+            reason = "not in a format Pillow reads"
+        else:
+            reason = str(e).splitlines()[0] if str(e).strip() else type(e).__name__
         raise ValueError(
-            f"{path} is not a readable image ({e}); re-export it as JPEG or PNG"
+            f"{path} is not a readable image ({reason}); re-export it as JPEG or PNG"
         ) from e
 
 
-def _video_frames(path: Path, step: int) -> Iterator[Frame]:
+def _video_frames(path: Path, step: int) -> Iterator[Frame | Unreadable]:
+    """Every ``step``-th frame. ffmpeg itself conceals or drops a damaged frame inside a video; a
+    video it cannot open, or that fails part way (a truncated file), ends in an Unreadable."""
     if not path.is_file():
         raise FileNotFoundError(f"video not found: {path}")
     try:
@@ -76,9 +108,22 @@ def _video_frames(path: Path, step: int) -> Iterator[Frame]:
         raise ImportError(
             "reading videos needs imageio with ffmpeg: pip install 'pare[video]'"
         ) from e
-    for i, frame in enumerate(iio.imiter(path)):
-        if i % step == 0:
-            yield Frame(f"{path.stem}_f{i:06d}", np.ascontiguousarray(frame[..., :3]))
+    i = -1
+    try:
+        for i, frame in enumerate(iio.imiter(path)):
+            if i % step == 0:
+                yield Frame(f"{path.stem}_f{i:06d}", np.ascontiguousarray(frame[..., :3]))
+    except (OSError, RuntimeError, ValueError) as e:
+        # imageio appends ffmpeg's whole log to the message: its first line is the reason
+        reason = str(e).splitlines()[0] if str(e).strip() else type(e).__name__
+        if i < 0:
+            message = f"{path} is not a readable video ({reason}); re-encode or re-download it"
+        else:
+            message = (
+                f"{path} stopped decoding after frame {i} ({reason}); the frames before it "
+                "were predicted, re-encode or re-download it for the rest"
+            )
+        yield Unreadable(path, message)
 
 
 # ----------------------------------------------------------------------------- people
@@ -160,6 +205,35 @@ def crop_person(image: np.ndarray, centre: np.ndarray, side: float, size: int) -
     return np.asarray(pil)
 
 
+@dataclass
+class Prepared:
+    """What a frame leaves for the batched forward pass and its overlay: the full-resolution
+    image can go as soon as its people are cropped, so a batch never holds several of them."""
+
+    name: str
+    image_size: tuple[int, int]  # (H, W) of the full image
+    boxes: list[tuple[np.ndarray, float]]
+    crops: list[np.ndarray]  # (S, S, 3) uint8 per box, from the full image
+    background: np.ndarray | None  # (h, w, 3) uint8 overlay background; None: no overlay
+
+
+def prepare_frame(
+    frame: Frame, boxes: list[tuple[np.ndarray, float]], size: int, overlay_max_side: int | None
+) -> Prepared:
+    """The frame's crops (``size`` px, from the full image, so the model sees what it would
+    without overlays) and, unless ``overlay_max_side`` is None, its overlay background."""
+    background = None
+    if overlay_max_side is not None:
+        background = overlay_background(frame.image, overlay_max_side)
+    return Prepared(
+        frame.name,
+        frame.image.shape[:2],
+        boxes,
+        [crop_person(frame.image, centre, side, size) for centre, side in boxes],
+        background,
+    )
+
+
 def full_intrinsics(height: int, width: int, focal: float | None) -> np.ndarray:
     f = focal or float(np.hypot(height, width))
     return np.array([[f, 0, width / 2.0], [0, f, height / 2.0], [0, 0, 1.0]])
@@ -209,14 +283,47 @@ def write_person(out_dir: Path, stem: str, arrays: dict, box: tuple[np.ndarray, 
     )
 
 
-def overlay_people(image: np.ndarray, people: list[dict], faces: np.ndarray) -> np.ndarray:
-    """The image with every person's mesh blended over it (nearest surface wins)."""
+def overlay_size(height: int, width: int, max_side: int) -> tuple[int, int]:
+    """(height, width) of the overlay: the image's, scaled (aspect kept) so that the longer side
+    is at most ``max_side``."""
+    scale = min(1.0, max_side / max(height, width))
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def overlay_background(image: np.ndarray, max_side: int = OVERLAY_MAX_SIDE) -> np.ndarray:
+    """The (h, w, 3) uint8 picture the overlay is drawn on: ``image`` itself, or scaled down to
+    :func:`overlay_size`. Rendering takes ~90 bytes a pixel: a 10000 x 10000 photo drawn at full
+    size took 8.5 GB; at 1920 px the overlay adds under 0.5 GB whatever the input's size."""
     h, w = image.shape[:2]
+    oh, ow = overlay_size(h, w, max_side)
+    if (oh, ow) == (h, w):
+        return image
+    # Pillow's resize filters (antialiased) in uint8; reducing_gap first box-reduces by an integer
+    # factor, so a 100-megapixel photo is not filtered at full resolution.
+    pil = Image.fromarray(image).resize((ow, oh), Image.Resampling.BILINEAR, reducing_gap=2.0)
+    return np.asarray(pil)
+
+
+def overlay_people(
+    background: np.ndarray,
+    people: list[dict],
+    faces: np.ndarray,
+    image_size: tuple[int, int] | None = None,
+) -> np.ndarray:
+    """``background`` (h, w, 3) uint8 with every person's mesh blended over it (nearest surface
+    wins). The people's ``intrinsics`` are the full image's, of ``image_size`` (H, W; default
+    the background's own): they are scaled to the background's pixels, so a background from
+    :func:`overlay_background` shows each mesh where it lies in the full image, scaled."""
+    h, w = background.shape[:2]
     if not people:
-        return image.copy()
-    camera = Camera(people[0]["intrinsics"], np.eye(3), np.zeros(3), w, h)
+        return background.copy()
+    full_h, full_w = image_size or (h, w)
+    # Pixel x of the full image covers [x, x + 1); the resized one maps [0, W) onto [0, w).
+    to_background = np.diag([w / full_w, h / full_h, 1.0])
+    camera = Camera(to_background @ people[0]["intrinsics"], np.eye(3), np.zeros(3), w, h)
     layers = render([Mesh(p["vertices"], faces) for p in people], camera)
-    out = image.copy()
+    out = background.copy()
     covered = layers.mask
-    out[covered] = (0.3 * image[covered] + 0.7 * layers.image[covered]).astype(np.uint8)
+    image, mesh = background[covered].astype(np.uint16), layers.image[covered].astype(np.uint16)
+    out[covered] = ((3 * image + 7 * mesh) // 10).astype(np.uint8)  # 0.3 image + 0.7 mesh
     return out

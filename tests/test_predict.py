@@ -1,20 +1,38 @@
-"""predict.py's library: people files, boxes, crops and their intrinsics, inputs."""
+"""predict.py's library (people files, boxes, crops and their intrinsics, inputs, overlays) and
+its command line on a tiny model: unreadable inputs are skipped, named and counted."""
 
+import io
 import json
+import runpy
+import sys
+import tracemalloc
+from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
+from pare.checkpoint import export_weights
+from pare.config import load_config, save_config
+from pare.data.synthetic.scene import box_mesh
+from pare.models import build_model
 from pare.predict import (
     Frame,
+    Unreadable,
     crop_intrinsics,
     crop_person,
     full_intrinsics,
     iter_frames,
+    overlay_background,
+    overlay_people,
     person_boxes,
+    prepare_frame,
     read_people_file,
 )
+from pare.render import Camera, Mesh, render
+
+PREDICT = Path(__file__).parents[1] / "train" / "predict.py"
 
 
 def test_people_files_give_boxes_and_keypoints(tmp_path):
@@ -75,18 +93,204 @@ def test_crop_intrinsics_map_image_points_to_their_crop_pixels():
     assert abs((x + 0.5) - u) <= 1.0 and abs((y + 0.5) - v) <= 1.0
 
 
+def _jpeg(seed: int, shape=(48, 64)) -> bytes:
+    pixels = np.random.default_rng(seed).integers(0, 255, (*shape, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+def _png() -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.full((40, 30, 3), 90, np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+# What a damaged image looks like on disk, and the reason its skip line gives.
+BROKEN = {
+    "empty.jpg": (b"", "an empty file"),
+    "text.jpg": (b"not a jpeg", "not in a format Pillow reads"),
+    "cut.jpg": (_jpeg(0)[: len(_jpeg(0)) // 2], "truncated"),  # an interrupted download
+    "cut.png": (_png()[:60], "truncated"),
+}
+
+
 def test_inputs_are_checked(tmp_path):
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "a.png")
     (tmp_path / "notes.txt").write_text("hello")
-    (tmp_path / "bad.jpg").write_bytes(b"not a jpeg")
     assert [f.name for f in iter_frames([tmp_path / "a.png"])] == ["a"]
     with pytest.raises(ValueError, match="not an image"):
         list(iter_frames([tmp_path / "notes.txt"]))
-    with pytest.raises(ValueError, match=r"bad\.jpg is not a readable image"):
-        list(iter_frames([tmp_path / "bad.jpg"]))
     with pytest.raises(FileNotFoundError, match="input not found"):
         list(iter_frames([tmp_path / "missing.png"]))
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(FileNotFoundError, match="holds no images"):
         list(iter_frames([empty]))
+
+
+def test_unreadable_images_come_in_their_place_with_a_reason(tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "a.jpg").write_bytes(_jpeg(1))
+    for name, (data, _) in BROKEN.items():
+        (folder / name).write_bytes(data)
+    (folder / "z.jpg").write_bytes(_jpeg(2))
+    items = list(iter_frames([folder]))
+    assert [type(i).__name__ for i in items] == ["Frame", *["Unreadable"] * 4, "Frame"]
+    assert [i.name for i in items if isinstance(i, Frame)] == ["a", "z"]
+    skipped = {i.path.name: i.reason for i in items if isinstance(i, Unreadable)}
+    assert set(skipped) == set(BROKEN)
+    for name, (_, why) in BROKEN.items():
+        reason = skipped[name]
+        assert str(folder / name) in reason and why.lower() in reason.lower(), reason
+        assert "\n" not in reason and reason.endswith("re-export it as JPEG or PNG")
+    # a named file too: the caller decides (predict.py stops when nothing could be read)
+    (item,) = iter_frames([folder / "text.jpg"])
+    assert isinstance(item, Unreadable) and item.path == folder / "text.jpg"
+
+
+def test_a_video_that_fails_keeps_its_frames_before(tmp_path, monkeypatch):
+    iio = pytest.importorskip("imageio.v3")
+    clip = tmp_path / "clip.mp4"
+    clip.write_bytes(b"")
+    (item,) = iter_frames([clip])  # ffmpeg cannot open it
+    assert isinstance(item, Unreadable)
+    assert item.reason.startswith(f"{clip} is not a readable video (") and "\n" not in item.reason
+
+    def dies_after_three(path):
+        for i in range(3):
+            yield np.full((4, 6, 3), i, np.uint8)
+        raise OSError("Could not read frame 3:\n=== stderr ===\nffmpeg's whole log")
+
+    monkeypatch.setattr(iio, "imiter", dies_after_three)
+    items = list(iter_frames([clip], video_step=2))
+    assert [f.name for f in items[:-1]] == ["clip_f000000", "clip_f000002"]
+    assert items[1].image[0, 0, 0] == 2
+    assert isinstance(items[-1], Unreadable)
+    assert items[-1].reason.startswith(f"{clip} stopped decoding after frame 2 (Could not read")
+    assert "\n" not in items[-1].reason
+
+
+def test_overlay_of_a_huge_image_is_bounded_and_the_mesh_lands_where_it_projects():
+    h, w = 2500, 4000
+    ys, xs = np.mgrid[0:h, 0:w]
+    # A ramp whose red channel is x and green channel y (in 0..255): where a pixel came from.
+    image = np.stack([xs * 255 // (w - 1), ys * 255 // (h - 1), np.full_like(xs, 40)], -1)
+    image = image.astype(np.uint8)
+    k_full = full_intrinsics(h, w, focal=3000.0)
+    box = box_mesh(np.array([0.4, -0.2, 6.0]), np.array([0.5, 0.8, 0.3]), np.ones(3))
+    person = {"vertices": box.vertices, "intrinsics": k_full}
+
+    tracemalloc.start()
+    background = overlay_background(image, 400)
+    picture = overlay_people(background, [person], box.faces, (h, w))
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    # No full-size copy anywhere on the numpy side (30 MB as uint8, 240 MB as float64): the
+    # render at 400 x 250 takes ~9 MB, at the full 4000 x 2500 it took ~0.9 GB.
+    assert peak < image.nbytes / 2, peak
+    assert picture.shape == (250, 400, 3) and picture.dtype == np.uint8
+
+    # The mesh covers the box of its full-image projection, scaled by 400 / 4000.
+    uvw = box.vertices @ k_full.T
+    x0, y0 = (uvw[:, :2] / uvw[:, 2:]).min(0) / 10
+    x1, y1 = (uvw[:, :2] / uvw[:, 2:]).max(0) / 10
+    mesh = picture[..., 2] != 40  # the blend changes the constant blue channel
+    rows, cols = np.nonzero(mesh)
+    assert abs(cols.min() - x0) <= 1 and abs(cols.max() + 1 - x1) <= 1, (cols, x0, x1)
+    assert abs(rows.min() - y0) <= 1 and abs(rows.max() + 1 - y1) <= 1, (rows, y0, y1)
+    # Against a render of its own through the full camera scaled by 1/10: 0.3 image + 0.7 mesh.
+    camera = Camera(np.diag([0.1, 0.1, 1.0]) @ k_full, np.eye(3), np.zeros(3), 400, 250)
+    reference = render([Mesh(box.vertices, box.faces)], camera)
+    np.testing.assert_array_equal(mesh, reference.mask)
+    blend = 0.3 * background[mesh] + 0.7 * reference.image[mesh]
+    np.testing.assert_allclose(picture[mesh], blend, atol=1)
+    # Elsewhere the background is the image scaled: pixel (i, j) shows the ramp at its centre.
+    centre_x = (np.arange(400) + 0.5) * 10
+    centre_y = (np.arange(250) + 0.5) * 10
+    np.testing.assert_allclose(picture[0, :, 0], centre_x * 255 / (w - 1), atol=2)
+    np.testing.assert_allclose(picture[:, 0, 1], centre_y * 255 / (h - 1), atol=2)
+    assert not mesh[0].any() and not mesh[:, 0].any()
+
+    # The crops still come from the full image; a small image is drawn as it is.
+    frame = Frame("huge", image)
+    centre, side = np.array([1000.0, 700.0]), 64.0
+    prepared = prepare_frame(frame, [(centre, side)], 64, 400)
+    np.testing.assert_array_equal(prepared.crops[0], crop_person(image, centre, side, 64))
+    assert prepared.image_size == (h, w) and prepared.background.shape == (250, 400, 3)
+    small = np.zeros((300, 200, 3), np.uint8)
+    assert overlay_background(small, 400) is small
+    assert prepare_frame(Frame("s", small), [], 64, None).background is None
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A run folder holding an untrained small model (64 px crops): enough to run predict.py."""
+    run = tmp_path_factory.mktemp("run")
+    cfg = load_config(
+        [],
+        [
+            "model.backbone=hrnet_w18_small",
+            "model.branch_channels=16",
+            "model.branch_layers=1",
+            "data.crop_size=64",
+        ],
+    )
+    torch.manual_seed(0)
+    save_config(cfg, run / "config.yaml")
+    export_weights(build_model(cfg.model, cfg.body), run / "model.safetensors")
+    return run
+
+
+def _predict(monkeypatch, *args) -> int:
+    """train/predict.py as its ``__main__`` runs it, in this process; its exit status."""
+    monkeypatch.setattr(sys, "argv", ["predict.py", *map(str, args)])
+    with pytest.raises(SystemExit) as exit_:
+        runpy.run_path(str(PREDICT), run_name="__main__")
+    return exit_.value.code
+
+
+def test_predict_skips_unreadable_images_and_stops_when_none_is_readable(
+    tiny_run, tmp_path, monkeypatch, capsys
+):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "a.jpg").write_bytes(_jpeg(1))
+    (folder / "b.jpg").write_bytes(_jpeg(2, (40, 90)))
+    (folder / "broken.jpg").write_bytes(BROKEN["cut.jpg"][0])
+    out = tmp_path / "out"
+    args = ("--checkpoint", tiny_run, "--out", out, "--overlay-max-side", "45")
+    assert _predict(monkeypatch, folder, *args) == 0
+    printed = capsys.readouterr()
+    assert sorted(p.name for p in out.iterdir()) == [
+        "a_overlay.png", "a_p0.json", "a_p0.npz",
+        "b_overlay.png", "b_p0.json", "b_p0.npz",
+    ]  # fmt: skip
+    (skip_line,) = [line for line in printed.err.splitlines() if line.startswith("skipped: ")]
+    assert f"{folder / 'broken.jpg'} is not a readable image (" in skip_line
+    assert "2 images" in printed.out and "unreadable inputs skipped: 1 (" in printed.out
+    # Overlays at most 45 px wide or high, aspect kept (64 x 48 and 90 x 40 images).
+    assert Image.open(out / "a_overlay.png").size == (45, 34)
+    assert Image.open(out / "b_overlay.png").size == (45, 20)
+
+    # Nothing readable: one line, exit 2. A folder of broken images, then one named file.
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for name, (data, _) in BROKEN.items():
+        (bad / name).write_bytes(data)
+    assert _predict(monkeypatch, bad, "--checkpoint", tiny_run, "--out", tmp_path / "o2") == 2
+    err = capsys.readouterr().err
+    (error,) = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert error.startswith(f"error: none of the {len(BROKEN)} images or videos could be read")
+    assert sum(line.startswith("skipped: ") for line in err.splitlines()) == len(BROKEN)
+    named = bad / "text.jpg"
+    assert _predict(monkeypatch, named, "--checkpoint", tiny_run, "--out", tmp_path / "o3") == 2
+    (error,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
+    assert error == (
+        f"error: {named} is not a readable image (not in a format Pillow reads); "
+        "re-export it as JPEG or PNG"
+    )

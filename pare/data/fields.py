@@ -112,3 +112,19 @@ def field_shape(name: str, crop_size: int = 224) -> tuple[int, ...]:
     :func:`heatmap_size`). Raises KeyError for an unknown field."""
     sizes = {"S": crop_size, "H": heatmap_size(crop_size)}
     return tuple(sizes.get(d, d) for d in FIELDS_BY_NAME[name].shape)
+
+
+def nonfinite_fields(arrays) -> list[str]:
+    """Names of the stored fields in ``arrays`` (name -> array, e.g. a sample's npz) holding NaN
+    or inf. ``intrinsics`` all NaN is the documented "no camera" value (MPII) and passes; one
+    NaN entry among numbers does not."""
+    bad = []
+    for name in NPZ_FIELDS:
+        if name not in arrays:
+            continue
+        value = np.asarray(arrays[name], dtype=np.float64)
+        if name == "intrinsics" and np.isnan(value).all():
+            continue
+        if not np.isfinite(value).all():
+            bad.append(name)
+    return bad

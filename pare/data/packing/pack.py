@@ -47,6 +47,7 @@ from pare.data.packing.shard_writer import (
     PackError,
     ShardOptions,
     merge_slices,
+    pack_lock,
     write_manifest,
     write_shards,
     write_slice,
@@ -149,7 +150,7 @@ class ThreeDPWBuilder:
                 person=rec.actor,
                 image=f"imageFiles/{rec.sequence}/{rec.image.name}",
             ),
-            "npz": encode_npz(arrays),
+            "npz": encode_npz(arrays, f"{rec.sequence}/{rec.actor}/{rec.frame}"),
             "png": encode_png(parts),
         }
 
@@ -168,7 +169,7 @@ def pack_3dpw(
     :class:`pare.body.BodyModelMismatch` for a missing or disagreeing body model, and
     :class:`PackError` for a bad sample under ``options.strict``."""
     root, out = Path(root), Path(out)
-    skips = Skips()
+    skips = Skips(strict=options.strict)
     records: list[PersonFrame3DPW] = []
     for path in threedpw_sequence_files(root, split):
         records += read_3dpw_sequence(path, root, skips)
@@ -192,6 +193,7 @@ class MPIIBuilder:
 
     def __init__(self, root: str, body_model: str, eft: str | None) -> None:
         self.root = Path(root)
+        self.eft_file = Path(eft).name if eft else ""
         self.eft = read_eft(Path(eft)) if eft else {}
         self.bodies = SMPLBody(body_model) if eft else None
 
@@ -231,8 +233,14 @@ class MPIIBuilder:
             ),
         }
         if fit is not None:
+            problem = _malformed_fit(fit)
+            if problem:
+                raise SampleError(
+                    "malformed_eft_fit",
+                    f"{self.eft_file}: {person.image}#{person.rect}: {problem}",
+                )
             sample["png"] = self._fit_targets(fit, crop, arrays)
-        sample["npz"] = encode_npz(arrays)
+        sample["npz"] = encode_npz(arrays, f"{person.image}#{person.rect}")
         return sample
 
     def _fit_targets(self, fit: dict, crop, arrays: dict) -> bytes:
@@ -266,6 +274,34 @@ class MPIIBuilder:
         )
 
 
+# An EFT fit's fields (see datasets.md): name -> shape.
+EFT_FIELDS = {
+    "parm_pose": (24, 3, 3),
+    "parm_shape": (10,),
+    "parm_cam": (3,),
+    "bbox_scale": (),
+    "bbox_center": (2,),
+}
+
+
+def _malformed_fit(fit: dict) -> str:
+    """What makes an EFT fit unusable ('' if nothing), naming the field."""
+    for name, shape in EFT_FIELDS.items():
+        try:
+            value = np.asarray(fit[name], dtype=np.float64)
+        except KeyError:
+            return f"{name} is missing"
+        except (TypeError, ValueError):
+            return f"{name} is not numeric"
+        if value.shape != shape:
+            return f"{name} has shape {value.shape}, expected {shape}"
+        if not np.isfinite(value).all():
+            return f"{name} is not finite"
+    if not (fit["parm_cam"][0] > 0 and fit["bbox_scale"] > 0):
+        return "parm_cam scale and bbox_scale must be positive"
+    return ""
+
+
 def _make_mpii_builder(root: str, body_model: str, eft: str | None) -> MPIIBuilder:
     return MPIIBuilder(root, body_model, eft)
 
@@ -291,7 +327,7 @@ def pack_mpii(
         )
     identity = resolve_body_model(root, body_model)
     body_model = identity["path"]
-    skips = Skips()
+    skips = Skips(strict=options.strict)
 
     def in_split(index: int, name: str) -> bool:
         in_val = name in val_images if val_images is not None else index % 10 == 0
@@ -354,18 +390,24 @@ def _pack(
             "samples": built["samples"],
             "skipped": skips.counts,
         }
-    if options.merge:
-        shards = merge_slices(
-            out, prefix, options, fingerprint, options.num_slices, len(records), skips
-        )
-    else:
-        shards = write_shards(records, factory, out, prefix, options, fingerprint, skips)
-    manifest = write_manifest(out, dataset, split, arguments, shards, skips, body_model)
-    return {
-        "manifest": manifest,
-        "samples": sum(s["nsamples"] for s in shards),
-        "skipped": skips.counts,
-    }
+    with pack_lock(out):
+        if options.merge:
+            shards = merge_slices(
+                out, prefix, options, fingerprint, options.num_slices, len(records), skips
+            )
+        else:
+            shards = write_shards(records, factory, out, prefix, options, fingerprint, skips)
+        samples = sum(s["nsamples"] for s in shards)
+        if not samples:
+            # An empty split would make training stop at its first read and turn in-loop
+            # evaluation off: no manifest, so nothing can use it.
+            raise PackError(
+                f"no sample of {dataset} {split} could be packed from {arguments['root']} "
+                f"({len(records)} records; skipped: {skips.counts or 'none'}); check the "
+                "dataset root and the skip reasons"
+            )
+        manifest = write_manifest(out, dataset, split, arguments, shards, skips, body_model)
+    return {"manifest": manifest, "samples": samples, "skipped": skips.counts}
 
 
 # What a packer entry point reports as a one-line error (exit 2) rather than a traceback.

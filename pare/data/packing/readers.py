@@ -24,20 +24,43 @@ class DatasetLayoutError(FileNotFoundError):
     """A dataset root or sub-folder is missing; the message names the expected path."""
 
 
+# Skip reasons that are the protocol's own selection of people, not damaged input (SPIN's and
+# PARE's preprocessing drop the same): 3DPW frames whose camera pose is invalid or with too few
+# detected keypoints for a box, MPII's test images and rects without joints, people with fewer
+# than --min-joints. ``--strict`` lets these pass and fails on every other reason.
+FILTERS = frozenset(
+    {"campose_invalid", "too_few_keypoints", "test_image", "no_annopoints", "too_few_joints"}
+)
+
+
+class StrictSkip(ValueError):
+    """Under ``--strict``: a record or sample that would have been skipped as damaged."""
+
+
 @dataclass
 class Skips:
-    """Counts of skipped samples by reason, with a few examples of each."""
+    """Counts of skipped samples by reason, with a few examples of each. With ``strict``, adding
+    a reason other than a protocol filter (:data:`FILTERS`) raises :class:`StrictSkip`."""
 
     counts: dict[str, int] = field(default_factory=dict)
     examples: dict[str, list[str]] = field(default_factory=dict)
+    strict: bool = False
 
     def add(self, reason: str, what: str, n: int = 1) -> None:
+        if self.strict and reason not in FILTERS:
+            raise StrictSkip(
+                f"--strict: {reason}: {what} (without --strict it is skipped and counted)"
+            )
         self.counts[reason] = self.counts.get(reason, 0) + n
         self.examples.setdefault(reason, [])
         if len(self.examples[reason]) < 5:
             self.examples[reason].append(what)
 
     def merge(self, other: Skips) -> None:
+        if self.strict:
+            for reason, examples in other.examples.items():
+                if reason not in FILTERS:
+                    self.add(reason, examples[0] if examples else "(recorded earlier)")
         for reason, n in other.counts.items():
             for what in other.examples.get(reason, [])[
                 : max(0, 5 - len(self.examples.get(reason, [])))
@@ -81,36 +104,85 @@ def threedpw_sequence_files(root: Path, split: str) -> list[Path]:
 
 
 def read_3dpw_sequence(path: Path, root: Path, skips: Skips) -> list[PersonFrame3DPW]:
-    """Every valid (campose_valid) actor-frame of one sequence; problems are counted in ``skips``."""
+    """Every valid (campose_valid) actor-frame of one sequence. Problems are counted in
+    ``skips``, naming the file and the field: an unreadable file or malformed sequence-level
+    fields skip the sequence, a malformed actor (array lengths that disagree with the frame
+    count, fewer than 10 betas, an unknown gender) skips the actor, and non-finite values skip
+    the frame."""
     try:
         seq = load_pickle(path)
         missing = [k for k in THREEDPW_KEYS if k not in seq]
         if missing:
             raise ValueError(f"missing keys {missing}")
+        name = str(seq["sequence"])
+        cam_poses = _field(seq["cam_poses"], "cam_poses", (-1, 4, 4))
+        intrinsics = _field(seq["cam_intrinsics"], "cam_intrinsics", (3, 3))
+        if not np.isfinite(intrinsics).all():
+            raise ValueError("cam_intrinsics: non-finite values")
     except Exception as e:  # any unreadable file is skipped and counted, not fatal
         skips.add("unreadable_sequence", f"{path.name}: {e}")
         return []
-    name = str(seq["sequence"])
-    cam_poses = to_numpy(seq["cam_poses"]).astype(np.float64)
-    intrinsics = to_numpy(seq["cam_intrinsics"]).astype(np.float64)
-    frame_ids = np.arange(len(cam_poses))
+    n = len(cam_poses)
     out = []
     for actor in range(len(seq["genders"])):
-        valid = to_numpy(seq["campose_valid"][actor]).astype(bool)
-        poses2d = to_numpy(seq["poses2d"][actor]).astype(np.float64)  # (N, 3, 18)
-        gender = {"m": "male", "f": "female"}.get(str(seq["genders"][actor]), "neutral")
-        betas = to_numpy(seq["betas"][actor]).astype(np.float64)[:10]
-        poses = to_numpy(seq["poses"][actor]).astype(np.float64)
-        trans = to_numpy(seq["trans"][actor]).astype(np.float64)
+        try:
+            a = _actor_arrays(seq, actor, n)
+        except (ValueError, TypeError, IndexError, KeyError) as e:
+            skips.add("malformed_record", f"{path.name}: actor {actor}: {e}")
+            continue
+        valid = a["campose_valid"]
         if (~valid).any():
             skips.add("campose_invalid", f"{name}/{actor}", int((~valid).sum()))
-        for i in frame_ids[valid]:
+        per_frame = {
+            "poses": a["poses"],
+            "trans": a["trans"],
+            "poses2d": a["poses2d"],
+            "cam_poses": cam_poses,
+        }
+        finite = {k: np.isfinite(v.reshape(n, -1)).all(1) for k, v in per_frame.items()}
+        for i in np.flatnonzero(valid & ~np.logical_and.reduce(list(finite.values()))):
+            bad = next(k for k in per_frame if not finite[k][i])
+            skips.add("nonfinite_values", f"{path.name}: actor {actor} frame {i}: {bad}")
+            valid[i] = False
+        for i in np.flatnonzero(valid):
             out.append(PersonFrame3DPW(
                 sequence=name, actor=actor, frame=int(i), image=root / "imageFiles" / name / f"image_{i:05d}.jpg",
-                keypoints=poses2d[i].T.copy(), pose=poses[i], betas=betas, trans=trans[i], gender=gender,
-                cam_pose=cam_poses[i], intrinsics=intrinsics,
+                keypoints=a["poses2d"][i].T.copy(), pose=a["poses"][i], betas=a["betas"],
+                trans=a["trans"][i], gender=a["gender"], cam_pose=cam_poses[i], intrinsics=intrinsics,
             ))  # fmt: skip
     return out
+
+
+def _field(value, name: str, shape: tuple[int, ...]) -> np.ndarray:
+    """A numeric 3DPW array as float64 with ``shape`` (-1: any length); ValueError naming it."""
+    arr = np.asarray(to_numpy(value), dtype=np.float64)
+    if arr.ndim != len(shape) or any(
+        s not in (-1, d) for s, d in zip(shape, arr.shape, strict=True)
+    ):
+        want = "x".join("N" if s == -1 else str(s) for s in shape)
+        raise ValueError(f"{name} has shape {arr.shape}, expected {want}")
+    return arr
+
+
+def _actor_arrays(seq: dict, actor: int, n: int) -> dict:
+    """One actor's arrays, checked against the sequence's frame count ``n``."""
+    gender = seq["genders"][actor]
+    gender = gender.decode("latin1") if isinstance(gender, bytes) else str(gender)
+    if gender not in ("m", "f"):
+        raise ValueError(f"genders is {gender!r}, expected 'm' or 'f'")
+    betas = _field(seq["betas"][actor], "betas", (-1,))
+    if betas.size < 10:
+        raise ValueError(f"betas has {betas.size} values, expected at least 10")
+    if not np.isfinite(betas[:10]).all():
+        raise ValueError("betas: non-finite values")
+    return {
+        "gender": {"m": "male", "f": "female"}[gender],
+        "betas": betas[:10],
+        "poses": _field(seq["poses"][actor], "poses", (n, 72)),
+        "trans": _field(seq["trans"][actor], "trans", (n, 3)),
+        "poses2d": _field(seq["poses2d"][actor], "poses2d", (n, 3, 18)),  # (N, 3, 18)
+        "campose_valid": _field(seq["campose_valid"][actor], "campose_valid", (n,)).astype(bool),
+    }
 
 
 # ----------------------------------------------------------------------------- MPII
@@ -194,14 +266,32 @@ def read_mpii(mat_path: Path, skips: Skips, include=None) -> list[PersonMPII]:
                     visible[j] = _visibility(p)
                 head = np.array([_num(rect.x1), _num(rect.y1), _num(rect.x2), _num(rect.y2)]) - 1.0
                 center = np.array([_num(rect.objpos.x), _num(rect.objpos.y)]) - 1.0
-                people.append(
-                    PersonMPII(
-                        name, i, r, bool(img_train[i]), kp, visible, head, center, _num(rect.scale)
-                    )
-                )
+                scale = _num(rect.scale)
             except (AttributeError, ValueError, TypeError) as e:
                 skips.add("malformed_annotation", f"{what}: {e}")
+                continue
+            problem = _degenerate(kp, head, center, scale)
+            if problem:
+                skips.add("degenerate_annotation", f"{what}: {problem}")
+                continue
+            people.append(
+                PersonMPII(name, i, r, bool(img_train[i]), kp, visible, head, center, scale)
+            )
     return people
+
+
+def _degenerate(keypoints, head, center, scale: float) -> str:
+    """What makes an MPII person unusable though its fields parse ('' if nothing): a crop needs
+    a finite ``objpos`` and a positive ``scale``, PCKh a head box of positive size."""
+    if not np.isfinite(keypoints).all():
+        return "a joint's x or y is not finite"
+    if not np.isfinite(center).all():
+        return f"objpos is {center.tolist()}"
+    if not (np.isfinite(scale) and scale > 0):
+        return f"scale is {scale}"
+    if not (np.isfinite(head).all() and head[2] > head[0] and head[3] > head[1]):
+        return f"head box x1 y1 x2 y2 is {head.tolist()}"
+    return ""
 
 
 def read_eft(path: Path) -> dict[tuple[str, int], dict]:

@@ -24,7 +24,7 @@ import torch
 from PIL import Image
 from scipy.spatial.transform import Rotation
 
-from pare.data.fields import NPZ_FIELDS
+from pare.data.fields import NPZ_FIELDS, nonfinite_fields
 from pare.geometry import crop_matrix
 from pare.render import Camera, Mesh, render
 
@@ -130,7 +130,14 @@ def encode_png(labels: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def encode_npz(arrays: dict[str, np.ndarray]) -> bytes:
+def encode_npz(arrays: dict[str, np.ndarray], what: str) -> bytes:
+    """The npz member of sample ``what`` (named in errors). Raises :class:`SampleError`
+    ``nonfinite_values`` naming the fields with NaN or inf (see
+    :func:`pare.data.fields.nonfinite_fields`): one such sample would make every mean metric
+    NaN."""
+    bad = nonfinite_fields(arrays)
+    if bad:
+        raise SampleError("nonfinite_values", f"{what}: {', '.join(bad)}")
     buf = io.BytesIO()
     checked = {}
     for name, (shape, dtype) in NPZ_FIELDS.items():

@@ -19,31 +19,34 @@ import io
 import json
 import multiprocessing
 import tarfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from filelock import FileLock, Timeout
 from tqdm import tqdm
 
 from pare.body.joints import UNIFIED
 from pare.data.fields import NPZ_FIELDS
-from pare.data.packing.readers import Skips
+from pare.data.packing.readers import FILTERS, Skips
 from pare.data.packing.samples import (
     BOX_EXTENT,
     STORED_CROP_CONTEXT,
     STORED_CROP_MAX,
     SampleError,
 )
-from pare.io_utils import write_json_atomic
+from pare.io_utils import leftover_temporaries, write_json_atomic
 
 SCHEMA_VERSION = 1
 TAR_MTIME = 1_600_000_000  # fixed member mtime: reproducible bytes
 MEMBER_ORDER = ("jpg", "json", "npz", "png")
 JOURNAL = ".progress.json"
 MANIFEST = "manifest.json"
+LOCK = ".pack.lock"
 
 
 @dataclass
@@ -195,6 +198,8 @@ class _ShardSink:
             "start": self.start,
             "end": end,
             "skipped": self.skips.counts,
+            # The examples too: a rerun rebuilds the manifest from the journal, byte for byte.
+            "skipped_examples": self.skips.examples,
         }
 
 
@@ -228,8 +233,7 @@ def write_shards(
     done = _resume(out, prefix, fingerprint)
     start = done[-1]["end"] if done else 0
     for entry in done:
-        for reason, n in entry["skipped"].items():
-            skips.add(reason, f"(in {entry['url']})", n)
+        skips.merge(_entry_skips(entry))
     results, pool = _build_all([records[i] for i in order[start:]], builder_factory, options)
     try:
         return _write_results(
@@ -268,9 +272,7 @@ def _write_results(
             if sink is None:
                 sink = _ShardSink(out, f"{prefix}-{len(done):06d}.tar", position)
             if isinstance(result, SampleError):
-                if options.strict:
-                    raise PackError(f"--strict: {result}")
-                skips.add(result.reason, str(result))
+                skips.add(result.reason, str(result))  # raises under --strict (not a filter)
                 sink.skips.add(result.reason, str(result))
             else:
                 if sink.count and sink.bytes + sample_bytes(result) > options.maxsize:
@@ -292,8 +294,9 @@ def _write_results(
             sink.tmp.unlink()
             if done:
                 done[-1]["end"] = total
-                for reason, n in sink.skips.counts.items():
-                    done[-1]["skipped"][reason] = done[-1]["skipped"].get(reason, 0) + n
+                last = _entry_skips(done[-1])
+                last.merge(sink.skips)
+                done[-1]["skipped"], done[-1]["skipped_examples"] = last.counts, last.examples
                 _save_journal(out, fingerprint, done)
     finally:
         bar.close()
@@ -353,7 +356,7 @@ def write_slice(
         ):
             for result in results:
                 if isinstance(result, SampleError):
-                    if options.strict:
+                    if options.strict and result.reason not in FILTERS:
                         raise PackError(f"--strict: {result}")
                     entries.append({"skip": result.reason, "detail": result.detail})
                 else:
@@ -401,7 +404,14 @@ def merge_slices(
     skips: Skips,
 ) -> list[dict]:
     """Write the shards of ``count`` complete slices, as one process would have; then remove
-    the slices. Missing or mismatched slices raise :class:`PackError` naming them."""
+    the slices. Missing or mismatched slices raise :class:`PackError` naming them. A merge
+    killed after its last shard (while removing the slices) finishes from its journal."""
+    done = _resume(out, prefix, fingerprint)
+    if done and done[-1]["end"] == total:
+        for entry in done:
+            skips.merge(_entry_skips(entry))
+        _remove_slices(out, prefix, count)
+        return done
     states = []
     for index in range(count):
         tar_path, json_path = _slice_paths(out, prefix, index, count)
@@ -431,18 +441,62 @@ def merge_slices(
             yield from _slice_results(tar_path, state["entries"])
 
     done = _write_results(results(), 0, total, out, prefix, options, fingerprint, done, skips)
-    for tar_path, _ in states:
-        tar_path.unlink()
-        tar_path.with_suffix(".json").unlink()
+    _remove_slices(out, prefix, count)
+    return done
+
+
+def _remove_slices(out: Path, prefix: str, count: int) -> None:
+    for index in range(count):
+        for path in _slice_paths(out, prefix, index, count):
+            path.unlink(missing_ok=True)
     try:
         (out / SLICES).rmdir()
     except OSError:
         pass  # slices of another prefix or count are still there
-    return done
+
+
+def _entry_skips(entry: dict) -> Skips:
+    """The skips a journalled shard recorded; journals written before the examples were kept
+    name the shard instead."""
+    examples = entry.get("skipped_examples")
+    if examples is None:
+        examples = {reason: [f"(in {entry['url']})"] for reason in entry["skipped"]}
+    return Skips(dict(entry["skipped"]), {k: list(v) for k, v in examples.items()})
+
+
+@contextmanager
+def pack_lock(out: Path) -> Iterator[None]:
+    """Hold ``out/.pack.lock`` while writing shards, journal and manifest: two packers writing
+    one folder would interleave shards and journal. Raises :class:`PackError` at once if
+    another packer holds it (the lock goes with its process, so a killed packer never leaves
+    the folder locked)."""
+    out.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(out / LOCK)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise PackError(
+            f"another packer is writing {out} (it holds {out / LOCK}); wait for it to finish, "
+            "or pack into another --out"
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def start_writing(out: Path) -> None:
+    """Before shards change: remove the manifest (written last, it marks a finished pack, so a
+    killed repack never leaves an old manifest beside new shards) and temporary files a killed
+    run left (:func:`pare.io_utils.leftover_temporaries`)."""
+    (out / MANIFEST).unlink(missing_ok=True)
+    for tmp in leftover_temporaries(out / MANIFEST) + leftover_temporaries(out / JOURNAL):
+        tmp.unlink()
 
 
 def _resume(out: Path, prefix: str, fingerprint: dict) -> list[dict]:
     """Complete shards of an earlier run with the same arguments; everything else is removed."""
+    start_writing(out)
     for tmp in out.glob(f".{prefix}-*.tar.tmp"):
         tmp.unlink()
     journal = out / JOURNAL

@@ -12,7 +12,7 @@ import numpy as np
 import simplejpeg
 from PIL import Image
 
-from pare.data.fields import NPZ_FIELDS
+from pare.data.fields import NPZ_FIELDS, nonfinite_fields
 from pare.data.packing.samples import stored_parts_size
 from pare.data.packing.shard_writer import MANIFEST
 
@@ -25,7 +25,10 @@ def verify_split(folder: str | Path) -> tuple[int, list[str]]:
         return 0, [
             f"{manifest_path}: missing; is {folder} a packed split (pack_3dpw.py / pack_mpii.py output)?"
         ]
-    manifest = json.loads(manifest_path.read_text())
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        return 0, [f"{manifest_path}: not readable JSON ({e}); truncated or damaged, repack"]
     problems: list[str] = []
     keys: set[str] = set()
     checked = 0
@@ -90,6 +93,9 @@ def _check_sample(members: dict[str, bytes]) -> list[str]:
                         f"npz {name} is {z[name].shape} {z[name].dtype}, expected {shape} {np.dtype(dtype)}"
                     )
             has_smpl = bool(z["has_smpl"]) if "has_smpl" in z.files else False
+            nonfinite = nonfinite_fields({name: z[name] for name in z.files})
+            if nonfinite:
+                problems.append(f"npz {', '.join(nonfinite)} not finite (NaN or inf)")
     except (ValueError, OSError) as e:
         return [f"npz does not load ({e})"]
     if "png" in members:

@@ -41,6 +41,7 @@ from webdataset.gopen import gopen_schemes
 
 from pare.body import BodyModelMismatch, body_model_identity, describe_identity
 from pare.data.fields import BATCH_FIELDS
+from pare.data.packing.shard_writer import JOURNAL
 from pare.data.streaming.augment import AugmentParams, augment, draw_params
 from pare.data.streaming.batch import collate
 
@@ -85,6 +86,44 @@ def _read_manifest(path: Path) -> dict:
             f"{path} is not readable JSON ({e}); the split's manifest is truncated or damaged: "
             "copy the split folder again or repack it"
         ) from None
+
+
+class ShardsDisagree(DamagedManifest):
+    """A split folder whose shard files are not the ones its manifest lists: another pack's (an
+    interrupted repack), or cut short."""
+
+
+def _check_shard_files(manifest: Path, shardlist: list[dict]) -> None:
+    """Every shard ``manifest`` lists exists beside it with the listed size (one stat each; a
+    full sha256 check is ``shards/verify.py``'s). Raises FileNotFoundError for missing shards and
+    :class:`ShardsDisagree` for a size that differs, naming the first."""
+    missing, wrong = [], []
+    for shard in shardlist:
+        path = manifest.parent / shard["url"]
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            missing.append(path)
+            continue
+        if "filesize" in shard and size != shard["filesize"]:
+            wrong.append((path, size, shard["filesize"]))
+    if missing:
+        what = (
+            f"none of the {len(shardlist)} shards"
+            if len(missing) == len(shardlist)
+            else f"{len(missing)} of the {len(shardlist)} shards"
+        )
+        raise FileNotFoundError(
+            f"{what} listed in {manifest} exist (e.g. {missing[0]}); copy the split folder "
+            "again or repack it (shards/pack_*.py)"
+        )
+    if wrong:
+        path, size, listed = wrong[0]
+        raise ShardsDisagree(
+            f"{path} is {size} bytes but {manifest} lists {listed} ({len(wrong)} such shards): "
+            "the shards and the manifest come from different packs (an interrupted repack?) or "
+            "were cut short; rerun the packer to finish, or repack"
+        )
 
 
 class UnreadableShard(RuntimeError):
@@ -140,7 +179,14 @@ def shard_urls(path: str) -> list[str]:
     manifest = p / "manifest.json" if p.is_dir() else p
     if manifest.suffix == ".json" and manifest.is_file():
         data = _read_manifest(manifest)
+        _check_shard_files(manifest, data["shardlist"])
         return [str(manifest.parent / s["url"]) for s in data["shardlist"]]
+    if p.is_dir() and (p / JOURNAL).is_file():
+        # The packer removes the manifest when it starts and writes it last.
+        raise FileNotFoundError(
+            f"{p} has no manifest.json: its packing did not finish ({JOURNAL} is there); rerun "
+            "the same packer command to complete it"
+        )
     if p.is_dir():
         raise FileNotFoundError(f"{p} has no manifest.json; pack it with shards/pack_*.py first")
     local = ":" not in path.split("/", 1)[0] and "{" not in path
@@ -442,25 +488,19 @@ class WeightedMix(IterableDataset):
 
 def sources_from_config(entries: list[DatasetSource]) -> list[ShardSource]:
     """``data.train`` / ``data.val`` entries ({path, weight}) -> stream sources. Raises
-    FileNotFoundError naming a source none of whose local shard files exists (a manifest left
-    without its shards); missing ones among others are a warning."""
+    FileNotFoundError naming a source with a local shard file that does not exist, and
+    :class:`ShardsDisagree` for a split whose shards are not its manifest's (see
+    :func:`shard_urls`): training on part of a split, or on another pack's shards, would be
+    silent."""
     sources = []
     for entry in entries:
         urls = shard_urls(entry.path)
         local = [u for u in urls if ":" not in u.split("/", 1)[0] and "{" not in u]
         missing = [u for u in local if not Path(u).is_file()]
-        if urls and len(missing) == len(urls):
-            raise FileNotFoundError(
-                f"none of the {len(urls)} shards of {entry.path} exists (e.g. {missing[0]}); "
-                "repack the split or fix data.train/data.val"
-            )
         if missing:
-            log.warning(
-                "%d of %d shards of %s are missing, e.g. %s",
-                len(missing),
-                len(urls),
-                entry.path,
-                missing[0],
+            raise FileNotFoundError(
+                f"{len(missing)} of the {len(urls)} shards of {entry.path} do not exist (e.g. "
+                f"{missing[0]}); fix data.train/data.val or repack the split"
             )
         sources.append(ShardSource(urls, entry.weight, entry.path))
     return sources
