@@ -8,6 +8,10 @@ it does not know the length of for an iterable dataset.
 
 from __future__ import annotations
 
+import pickle
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import numpy as np
 import torch
 import torch.distributed as dist
@@ -24,6 +28,36 @@ def gather_objects(obj) -> list:
     gathered: list = [None] * world_size()
     dist.all_gather_object(gathered, obj)
     return gathered
+
+
+@contextmanager
+def fail_together() -> Iterator[None]:
+    """Run a block that every rank enters and that ends in a collective (evaluation, before its
+    gather), so that an exception on one rank stops every rank instead of leaving the others
+    waiting in the collective until the process group's timeout (30 min on NCCL).
+
+    Each rank catches its own exception and all ranks then exchange them (one
+    ``all_gather_object``); a failing rank raises its own exception, every other rank the
+    lowest failing rank's, so each prints a one-line error. A rank that cannot pickle its exception sends a
+    RuntimeError with its text. Without a process group the exception passes through as is."""
+    error: BaseException | None = None
+    try:
+        yield
+    except Exception as e:
+        if world_size() == 1:
+            raise
+        error = e
+    if world_size() == 1:
+        return
+    try:
+        sent = pickle.loads(pickle.dumps(error)) if error is not None else None
+    except Exception:
+        sent = RuntimeError(f"{type(error).__name__}: {error}")
+    failures = [f for f in gather_objects(sent) if f is not None]
+    if error is not None:
+        raise error
+    if failures:
+        raise failures[0]
 
 
 def gather_per_sample(

@@ -20,7 +20,7 @@ from pare.body import SMPLBody
 from pare.body.joints import H36M_TO_EVAL14, MPII_16, UNIFIED, mapping
 from pare.data.packing.keys import parse_3dpw_key
 from pare.data.streaming.batch import normalize_images
-from pare.distributed import gather_objects, gather_per_sample
+from pare.distributed import fail_together, gather_objects, gather_per_sample
 from pare.metrics import (
     auc_3d,
     mpjpe,
@@ -77,18 +77,21 @@ def evaluate(
     model.eval()
     keys: list[str] = []
     rows: dict[str, list] = {m: [] for m in METRICS}
-    for batch in loader:
-        keep = batch["has_smpl"]
-        if not keep.any():
-            continue
-        kept = {k: v[keep] for k, v in batch.items() if torch.is_tensor(v)}
-        pred = model(normalize_images(kept["image"].to(device, non_blocking=True)))
-        gt = gt_bodies(kept["pose"].to(device), kept["betas"].to(device), kept["gender"].to(device))
-        values = sample_errors(pred, gt) | (extra(pred, kept) if extra else {})
-        values["_nonfinite"] = _nonfinite_source(kept, pred)
-        for name, value in values.items():
-            rows.setdefault(name, []).append(value)
-        keys += [k for k, kept in zip(batch["__key__"], keep.tolist(), strict=True) if kept]
+    with fail_together():  # a damaged shard on one rank must not leave the others waiting
+        for batch in loader:
+            keep = batch["has_smpl"]
+            if not keep.any():
+                continue
+            kept = {k: v[keep] for k, v in batch.items() if torch.is_tensor(v)}
+            pred = model(normalize_images(kept["image"].to(device, non_blocking=True)))
+            gt = gt_bodies(
+                kept["pose"].to(device), kept["betas"].to(device), kept["gender"].to(device)
+            )
+            values = sample_errors(pred, gt) | (extra(pred, kept) if extra else {})
+            values["_nonfinite"] = _nonfinite_source(kept, pred)
+            for name, value in values.items():
+                rows.setdefault(name, []).append(value)
+            keys += [k for k, kept in zip(batch["__key__"], keep.tolist(), strict=True) if kept]
     model.train(was_training)
     local = {m: np.concatenate(v) if v else np.zeros(0) for m, v in rows.items()}
     keys, values = gather_per_sample(keys, local)
@@ -161,20 +164,21 @@ def evaluate_pckh(model: nn.Module, loader, device, alpha: float = 0.5) -> dict:
     keys: list[str] = []
     correct, visible = [], []
     to_mpii = mapping(UNIFIED, MPII_16)  # every MPII joint is in the unified layout
-    for batch in loader:
-        keep = batch["head_size"] > 0
-        if not keep.any():
-            continue
-        size = batch["image"].shape[-1]
-        pred = model(normalize_images(batch["image"][keep].to(device)))
-        pixels = (pred["keypoints_2d"].float().cpu() + 1.0) * (size / 2.0)  # [-1, 1] -> pixels
-        gt = batch["keypoints_2d"][keep]
-        head = batch["head_size"][keep].double()  # 0.6 x head-box diagonal, input pixels
-        err = (pixels[:, to_mpii].double() - gt[:, to_mpii, :2].double()).norm(dim=-1)
-        hit = err <= alpha * head[:, None]  # (B, 16)
-        correct.append(hit.numpy())
-        visible.append((gt[:, to_mpii, 2] > 0).numpy())
-        keys += [k for k, kept in zip(batch["__key__"], keep.tolist(), strict=True) if kept]
+    with fail_together():
+        for batch in loader:
+            keep = batch["head_size"] > 0
+            if not keep.any():
+                continue
+            size = batch["image"].shape[-1]
+            pred = model(normalize_images(batch["image"][keep].to(device)))
+            pixels = (pred["keypoints_2d"].float().cpu() + 1.0) * (size / 2.0)  # [-1, 1] -> px
+            gt = batch["keypoints_2d"][keep]
+            head = batch["head_size"][keep].double()  # 0.6 x head-box diagonal, input pixels
+            err = (pixels[:, to_mpii].double() - gt[:, to_mpii, :2].double()).norm(dim=-1)
+            hit = err <= alpha * head[:, None]  # (B, 16)
+            correct.append(hit.numpy())
+            visible.append((gt[:, to_mpii, 2] > 0).numpy())
+            keys += [k for k, kept in zip(batch["__key__"], keep.tolist(), strict=True) if kept]
     model.train(was_training)
     local = {
         "correct": np.concatenate(correct) if correct else np.zeros((0, 16), bool),

@@ -33,3 +33,47 @@ def test_a_sample_on_two_ranks_is_an_error(monkeypatch):
     _fake_world(monkeypatch, [(["k0"], {"e": np.zeros(1)}), (["k0"], {"e": np.zeros(1)})])
     with pytest.raises(RuntimeError, match="more than once"):
         D.gather_per_sample(["k0"], {"e": np.zeros(1)})
+
+
+def _fail_on_rank_1(rank: int, port: int, results) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        with D.fail_together():
+            if rank == 1:
+                raise ValueError("evaluation shard val-000001.tar cannot be read")
+        D.gather_per_sample([f"k{rank}"], {"e": np.zeros(1)})  # where rank 0 used to wait
+        results.put((rank, "finished", ""))
+    except Exception as e:
+        results.put((rank, type(e).__name__, str(e)))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_an_error_on_one_rank_stops_every_rank():
+    """Without it, rank 0 waits in the gather for rank 1 until the process group times out."""
+    import multiprocessing
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = multiprocessing.get_context("spawn")
+    results = ctx.Queue()
+    procs = [ctx.Process(target=_fail_on_rank_1, args=(r, port, results)) for r in (0, 1)]
+    for p in procs:
+        p.start()
+    got = sorted(results.get(timeout=120) for _ in procs)
+    for p in procs:
+        p.join(timeout=30)
+    message = "evaluation shard val-000001.tar cannot be read"
+    assert got == [(0, "ValueError", message), (1, "ValueError", message)]
+
+
+def test_without_a_process_group_the_error_passes_through():
+    with pytest.raises(KeyError, match="x"):
+        with D.fail_together():
+            raise KeyError("x")
+    with D.fail_together():
+        pass
