@@ -1,11 +1,16 @@
-"""3DPW-protocol evaluation: MPJPE, PA-MPJPE and PVE in millimetres, PCK@50 mm and AUC in
+"""3DPW-protocol evaluation: MPJPE, PA-MPJPE and two PVEs in millimetres, PCK@50 mm and AUC in
 percent, per sample.
 
 Joints: the H36M regressor on the mesh, pelvis (H36M joint 0) subtracted, the 14 evaluation
-joints. Ground truth comes from the *gendered* SMPL with the sample's pose and betas. PVE: all
-6890 vertices, pelvis-aligned, no Procrustes. PCK and AUC count the Procrustes-aligned joints
-within 50 mm, and within each threshold 0, 1, ..., 199 mm averaged (the official 3DPW
-evaluator's thresholds). Samples without SMPL ground truth (MPII) are left out.
+joints. Ground truth comes from the *gendered* SMPL with the sample's pose and betas. PVE
+(pelvis-aligned, ``pve``): all 6890 vertices, both meshes moved so their H36M pelvis is at the
+origin, no Procrustes. PARE's PVE (``pve_pare``): the mean vertex distance between the two SMPL
+outputs as they come, without translation or any alignment (both bodies at SMPL's own origin),
+as PARE's ``pare/core/trainer.py`` ``validation_step`` computes ``v2v`` with
+``pare/utils/eval_utils.py`` ``compute_error_verts``; it is the number PARE's paper reports as
+PVE. PCK and AUC count the Procrustes-aligned joints within 50 mm, and within each threshold 0,
+1, ..., 199 mm averaged (the official 3DPW evaluator's thresholds). Samples without SMPL ground
+truth (MPII) are left out.
 """
 
 from __future__ import annotations
@@ -31,8 +36,8 @@ from pare.metrics import (
     similarity_align,
 )
 
-METRICS = ("mpjpe", "pa_mpjpe", "pve", "pck50", "auc")
-UNITS = {"mpjpe": "mm", "pa_mpjpe": "mm", "pve": "mm", "pck50": "%", "auc": "%"}
+METRICS = ("mpjpe", "pa_mpjpe", "pve", "pve_pare", "pck50", "auc")
+UNITS = {"mpjpe": "mm", "pa_mpjpe": "mm", "pve": "mm", "pve_pare": "mm", "pck50": "%", "auc": "%"}
 AUC_THRESHOLDS_M = [t / 1000.0 for t in range(200)]
 
 
@@ -42,8 +47,9 @@ def metric_key(name: str) -> str:
 
 
 def sample_errors(pred: dict, gt: dict) -> dict[str, np.ndarray]:
-    """Per-sample metrics (see :data:`UNITS`) from predicted and ground-truth ``vertices`` and
-    ``h36m_3d`` in metres."""
+    """Per-sample metrics (see :data:`UNITS`) from predicted and ground-truth ``vertices``
+    (B, 6890, 3) and ``h36m_3d`` (B, 17, 3) in metres, as the body model outputs them (no
+    translation: ``pve_pare`` compares them as they are)."""
     pred_pelvis, gt_pelvis = pred["h36m_3d"][:, :1].float(), gt["h36m_3d"][:, :1].float()
     pred_j = (pred["h36m_3d"].float() - pred_pelvis)[:, list(H36M_TO_EVAL14)]  # (B, 14, 3)
     gt_j = (gt["h36m_3d"].float() - gt_pelvis)[:, list(H36M_TO_EVAL14)]
@@ -54,6 +60,9 @@ def sample_errors(pred: dict, gt: dict) -> dict[str, np.ndarray]:
         "mpjpe": 1000.0 * mpjpe(pred_j, gt_j).double().cpu().numpy(),
         "pa_mpjpe": 1000.0 * pa_mpjpe(pred_j, gt_j).double().cpu().numpy(),
         "pve": 1000.0 * pve(pred_v, gt_v).double().cpu().numpy(),
+        # PARE's: the raw SMPL outputs, no translation or alignment (see the module docstring).
+        "pve_pare": 1000.0
+        * pve(pred["vertices"].float(), gt["vertices"].float()).double().cpu().numpy(),
         "pck50": 100.0 * pck_3d(aligned, gt_j, 0.05).cpu().numpy(),
         "auc": 100.0 * auc_3d(aligned, gt_j, AUC_THRESHOLDS_M).cpu().numpy(),
     }

@@ -53,7 +53,8 @@ def csv_text(rows: Iterable[Sequence]) -> str:
 METRIC_LABELS = {
     "mpjpe": "MPJPE",
     "pa_mpjpe": "PA-MPJPE",
-    "pve": "PVE",
+    "pve": "PVE pelvis-aligned",
+    "pve_pare": "PVE as PARE",
     "pck50": "PCK@50",
     "auc": "AUC",
 }
@@ -127,7 +128,8 @@ TITLES = {"vanilla": "vanilla PARE", "attention": "+ self-attention"}
 ROWS = (
     ("MPJPE (mm)", "mpjpe", 1),
     ("PA-MPJPE (mm)", "pa_mpjpe", 1),
-    ("PVE (mm)", "pve", 1),
+    ("PVE pelvis-aligned (mm)", "pve", 1),
+    ("PVE as PARE (mm)", "pve_pare", 1),
     ("parameters (M)", "parameters_m", 3),
     ("step time (s)", "step_time_s", 3),
     ("peak memory (MB)", "peak_memory_mb", 0),
@@ -142,11 +144,13 @@ DESIGN_DOCUMENT = {
 
 def comparison_rows(results: dict[str, dict]) -> list[tuple[str, float, float, float, int]]:
     """(label, vanilla, attention, attention - vanilla, decimals) per row of :data:`ROWS`; a
-    missing (None) value is NaN."""
+    missing or None value is NaN."""
     rows = []
     for label, key, decimals in ROWS:
+        # An older run's marker may lack a value (e.g. pve_pare): NaN, not an error.
         a, b = (
-            float("nan") if results[v][key] is None else float(results[v][key]) for v in VARIANTS
+            float("nan") if results[v].get(key) is None else float(results[v][key])
+            for v in VARIANTS
         )
         rows.append((label, a, b, b - a, decimals))
     return rows

@@ -81,6 +81,11 @@ def test_sample_errors_against_a_loop():
             1000 * np.linalg.norm(pv - tv, axis=1).mean(), rel=1e-5
         )
         assert errors["pa_mpjpe"][b] <= errors["mpjpe"][b] + 1e-6
+        # PARE's PVE: the vertices as they are (compute_error_verts in PARE's eval_utils.py).
+        raw = pred["vertices"][b].double().numpy() - gt["vertices"][b].double().numpy()
+        assert errors["pve_pare"][b] == pytest.approx(
+            1000 * np.linalg.norm(raw, axis=1).mean(), rel=1e-5
+        )
 
 
 # --------------------------------------------------------------------------- oracle checks
@@ -104,7 +109,7 @@ def _about_pelvis(gt, fn):
 def test_oracle_predictions_score_zero_error_and_full_pck():
     gt = _ground_truth()
     errors = sample_errors({k: v.clone() for k, v in gt.items()}, gt)
-    for name in ("mpjpe", "pa_mpjpe", "pve"):
+    for name in ("mpjpe", "pa_mpjpe", "pve", "pve_pare"):
         assert np.abs(errors[name]).max() < 1e-3, name  # mm
     assert (errors["pck50"] == 100).all()
     # Every threshold counts but 0 mm, where float noise of the alignment decides (1 of 200).
@@ -139,11 +144,15 @@ def test_known_perturbations_give_the_analytic_errors():
     )
     assert errors["pa_mpjpe"].max() < 0.01
 
-    # A translation: the metrics are pelvis-aligned, so nothing changes.
+    # A translation: the metrics are pelvis-aligned, so nothing changes, but PARE's PVE, which
+    # aligns nothing, is the length of the shift for every sample.
     shift = torch.tensor([0.3, -0.2, 2.0])
     errors = sample_errors({k: gt[k] + shift for k in ("h36m_3d", "vertices")}, gt)
     for name in ("mpjpe", "pa_mpjpe", "pve"):
         assert errors[name].max() < 1e-3, name
+    np.testing.assert_allclose(
+        errors["pve_pare"], 1000 * np.sqrt(0.3**2 + 0.2**2 + 2.0**2), rtol=1e-5
+    )
 
 
 def test_pck_and_auc_count_aligned_joints_against_a_loop():

@@ -19,6 +19,7 @@ def _metrics(shift: float, samples: int) -> dict:
         "mpjpe": 93.44 + shift,
         "pa_mpjpe": 61.25 - shift,
         "pve": 110.05 + 2 * shift,
+        "pve_pare": 120.0 + shift,
         "pck50": 40.0 + shift,
         "auc": 55.55,
         "samples": samples,
@@ -55,29 +56,35 @@ def test_csv_text_quotes_and_ends_rows_like_the_csv_module():
 def test_metrics_markdown():
     overall = {name: r["overall"] for name, r in REPORT["3dpw"].items()}
     assert metrics_markdown(overall, METRICS) == (
-        "| model                | MPJPE (mm) | PA-MPJPE (mm) | PVE (mm) | PCK@50 (%) | AUC (%) |\n"
-        "|----------------------|------------|---------------|----------|------------|---------|\n"
-        "| PARE (hrnet, step 4) |       93.4 |          61.2 |    110.0 |       40.0 |    55.5 |\n"
-        "| mean-pose baseline   |      103.4 |          51.2 |    130.1 |       50.0 |    55.5 |"
+        "| model                | MPJPE (mm) | PA-MPJPE (mm) | PVE pelvis-aligned (mm) "
+        "| PVE as PARE (mm) | PCK@50 (%) | AUC (%) |\n"
+        "|----------------------|------------|---------------|-------------------------"
+        "|------------------|------------|---------|\n"
+        "| PARE (hrnet, step 4) |       93.4 |          61.2 |                   110.0 "
+        "|            120.0 |       40.0 |    55.5 |\n"
+        "| mean-pose baseline   |      103.4 |          51.2 |                   130.1 "
+        "|            130.0 |       50.0 |    55.5 |"
     )
     sequences = REPORT["3dpw"]["PARE (hrnet, step 4)"]["per_sequence"]
     assert metrics_markdown(sequences, ("pa_mpjpe", "mpjpe", "pve"), "sequence") == (
-        "| sequence       | PA-MPJPE (mm) | MPJPE (mm) | PVE (mm) |\n"
-        "|----------------|---------------|------------|----------|\n"
-        "| courtyard_a_00 |          60.2 |       94.4 |    112.0 |\n"
-        "| b              |          58.9 |       95.8 |    114.7 |"
+        "| sequence       | PA-MPJPE (mm) | MPJPE (mm) | PVE pelvis-aligned (mm) |\n"
+        "|----------------|---------------|------------|-------------------------|\n"
+        "| courtyard_a_00 |          60.2 |       94.4 |                   112.0 |\n"
+        "| b              |          58.9 |       95.8 |                   114.7 |"
     )
 
 
 def test_eval_csv():
     assert eval_csv(REPORT) == (
-        "model,dataset,sequence,samples,mpjpe_mm,pa_mpjpe_mm,pve_mm,pck50_pct,auc_pct,pckh_pct\r\n"
-        '"PARE (hrnet, step 4)",3dpw,all,7,93.4400,61.2500,110.0500,40.0000,55.5500,\r\n'
-        '"PARE (hrnet, step 4)",3dpw,courtyard_a_00,3,94.4400,60.2500,112.0500,41.0000,55.5500,\r\n'
-        '"PARE (hrnet, step 4)",3dpw,b,4,95.7850,58.9050,114.7400,42.3450,55.5500,\r\n'
-        "mean-pose baseline,3dpw,all,7,103.4400,51.2500,130.0500,50.0000,55.5500,\r\n"
-        "mean-pose baseline,3dpw,b,7,105.4400,49.2500,134.0500,52.0000,55.5500,\r\n"
-        '"PARE (hrnet, step 4)",mpii,all,12,,,,,,71.2346\r\n'
+        "model,dataset,sequence,samples,mpjpe_mm,pa_mpjpe_mm,pve_mm,pve_pare_mm,pck50_pct,"
+        "auc_pct,pckh_pct\r\n"
+        '"PARE (hrnet, step 4)",3dpw,all,7,93.4400,61.2500,110.0500,120.0000,40.0000,55.5500,\r\n'
+        '"PARE (hrnet, step 4)",3dpw,courtyard_a_00,3,94.4400,60.2500,112.0500,121.0000,41.0000,'
+        "55.5500,\r\n"
+        '"PARE (hrnet, step 4)",3dpw,b,4,95.7850,58.9050,114.7400,122.3450,42.3450,55.5500,\r\n'
+        "mean-pose baseline,3dpw,all,7,103.4400,51.2500,130.0500,130.0000,50.0000,55.5500,\r\n"
+        "mean-pose baseline,3dpw,b,7,105.4400,49.2500,134.0500,132.0000,52.0000,55.5500,\r\n"
+        '"PARE (hrnet, step 4)",mpii,all,12,,,,,,,71.2346\r\n'
     )
     without_mpii = {"3dpw": {"m": REPORT["3dpw"]["mean-pose baseline"]}}
     assert eval_csv(without_mpii).count("\r\n") == 3
@@ -88,6 +95,7 @@ RESULTS = {
         "mpjpe": 90.0,
         "pa_mpjpe": 60.0,
         "pve": 100.0,
+        "pve_pare": 104.25,
         "parameters_m": 1.2345,
         "step_time_s": 0.5,
         "peak_memory_mb": 1234.4,
@@ -95,7 +103,7 @@ RESULTS = {
     "attention": {
         "mpjpe": 91.0,
         "pa_mpjpe": 58.5,
-        "pve": 99.0,
+        "pve": 99.0,  # no pve_pare: an older run's marker
         "parameters_m": 1.3,
         "step_time_s": None,  # absent in an older run's marker
         "peak_memory_mb": 1300.6,
@@ -114,7 +122,8 @@ def test_comparison_markdown(kind, memory_label):
         "|---|---:|---:|---:|\n"
         "| MPJPE (mm) | 90.0 | 91.0 | +1.0 |\n"
         "| PA-MPJPE (mm) | 60.0 | 58.5 | -1.5 |\n"
-        "| PVE (mm) | 100.0 | 99.0 | -1.0 |\n"
+        "| PVE pelvis-aligned (mm) | 100.0 | 99.0 | -1.0 |\n"
+        "| PVE as PARE (mm) | 104.2 | nan | +nan |\n"
         "| parameters (M) | 1.234 | 1.300 | +0.066 |\n"
         "| step time (s) | 0.500 | nan | +nan |\n"
         f"| peak memory ({memory_label}) | 1234 | 1301 | +66 |\n"
@@ -127,7 +136,8 @@ def test_comparison_csv():
         "metric,vanilla,attention,difference\r\n"
         "MPJPE (mm),90,91,1\r\n"
         "PA-MPJPE (mm),60,58.5,-1.5\r\n"
-        "PVE (mm),100,99,-1\r\n"
+        "PVE pelvis-aligned (mm),100,99,-1\r\n"
+        "PVE as PARE (mm),104.25,nan,nan\r\n"
         "parameters (M),1.2345,1.3,0.0655\r\n"
         "step time (s),0.5,nan,nan\r\n"
         "peak memory (MB),1234.4,1300.6,66.2\r\n"

@@ -130,13 +130,20 @@ class UnreadableShard(RuntimeError):
     """An evaluation shard that cannot be opened or read to its end."""
 
 
+def _shard_error(error: Exception) -> tuple[str, str]:
+    """(url, "Type: first argument") of an exception webdataset hands its handlers: it appends
+    the shard's URL to the arguments of what reading the shard raised."""
+    url = next((a for a in reversed(error.args) if isinstance(a, str)), "?")
+    return url, f"{type(error).__name__}: {error.args[0] if error.args else ''}"
+
+
 def _eval_shard_error(error: Exception) -> bool:
     """webdataset's handler for evaluation: every sample counts, so a shard that cannot be read
     stops evaluation, naming it."""
-    url = next((a for a in reversed(error.args) if isinstance(a, str)), "?")
+    url, what = _shard_error(error)
     raise UnreadableShard(
-        f"evaluation shard {url} cannot be read ({type(error).__name__}: "
-        f"{error.args[0] if error.args else ''}); check it with shards/verify.py and repack it"
+        f"evaluation shard {url} cannot be read ({what}); check it with shards/verify.py and "
+        "repack it"
     )
 
 
@@ -381,9 +388,9 @@ class _ShardFailures:
         self.source, self.failed = source, {}
 
     def __call__(self, error: Exception) -> bool:
-        url = next((a for a in reversed(error.args) if isinstance(a, str)), "?")
+        url, what = _shard_error(error)
         if url not in self.failed:
-            self.failed[url] = f"{type(error).__name__}: {error.args[0] if error.args else ''}"
+            self.failed[url] = what
             log.warning("cannot read shard %s (%s); using the others", url, self.failed[url])
         if set(self.source.urls) <= set(self.failed):
             example = next(iter(self.failed.items()))
