@@ -13,6 +13,7 @@ from pathlib import Path
 
 from pare.data.synthetic.mpii import SyntheticMPIIConfig, make_mpii
 from pare.data.synthetic.threedpw import REAL_HEIGHT, REAL_WIDTH, Synthetic3DPWConfig, make_3dpw
+from pare.launch import run_entry_point
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,4 +87,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    # A missing or mis-ordered body model (e.g. part labels) is one line, not a traceback.
+    run_entry_point(main, (FileNotFoundError, ValueError))

@@ -27,6 +27,7 @@ from pare.body.model import (
     load_eval_assets,
     resolve_model_file,
 )
+from pare.body.parts import PartLabelError
 from pare.body.standin import REST_JOINTS
 from pare.io_utils import atomic_open
 
@@ -145,6 +146,9 @@ def main(argv: list[str] | None = None) -> int:
         labels = assets.part_labels
     except FileNotFoundError:
         labels = model.lbs_weights.argmax(1).numpy()
+    except PartLabelError as e:  # labels in another order would mislabel every part
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     png = preview_png(rest.vertices[0].numpy(), faces, labels, args.out / "body_preview.png")
     print(f"\npreview: {png}")
     return 0 if topo["vertices"] == 6890 and topo["faces"] == 13776 else 1

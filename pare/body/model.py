@@ -21,6 +21,7 @@ import torch
 from smplx.utils import Struct
 
 from pare.body import standin
+from pare.body.parts import check_part_labels
 from pare.body.smpl_io import SMPL_SOURCE_HINT, read_smpl_file
 from pare.config import ConfigError
 from pare.io_utils import write_json_atomic
@@ -152,7 +153,13 @@ class EvalAssets:
 
 
 def load_eval_assets(path: str | os.PathLike = STANDIN) -> EvalAssets:
-    """``J_regressor_h36m.npy`` and ``smpl_part_labels.npy`` from the model's folder."""
+    """``J_regressor_h36m.npy`` and ``smpl_part_labels.npy`` from the model's folder.
+
+    The part labels are checked against the body model's rest pose
+    (:func:`pare.body.parts.check_part_labels`): labels in another order than SMPL's joints
+    raise :class:`pare.body.parts.PartLabelError` naming the file and the fix. Missing files
+    raise FileNotFoundError.
+    """
     folder = standin_dir() if str(path) == STANDIN else Path(path).expanduser()
     if folder.is_file():
         folder = folder.parent
@@ -164,10 +171,42 @@ def load_eval_assets(path: str | os.PathLike = STANDIN) -> EvalAssets:
     if missing:
         raise FileNotFoundError(
             f"Missing body-model extras: {', '.join(missing)}. J_regressor_h36m.npy is distributed "
-            "with SPIN/PARE's data; smpl_part_labels.npy is a (6890,) array of SMPL part ids 0..23 "
-            "(convert it from a vertex segmentation such as smpl_vert_segmentation.json)."
+            "with SPIN/PARE's data; smpl_part_labels.npy (6890 SMPL part ids 0..23) is written by "
+            "pare-convert-parts from smpl_vert_segmentation.json or PARE's "
+            "smpl_partSegmentation_mapping.pkl."
         )
-    return EvalAssets(**{k: np.load(p, allow_pickle=False) for k, p in files.items()})
+    assets = EvalAssets(**{k: np.load(p, allow_pickle=False) for k, p in files.items()})
+    vertices, joints = load_rest_pose(path)
+    check_part_labels(assets.part_labels, vertices, joints, files["part_labels"])
+    return assets
+
+
+def load_rest_pose(path: str | os.PathLike = STANDIN) -> tuple[np.ndarray, np.ndarray]:
+    """The rest-pose template (V, 3) and its joints (24, 3) of the body model at ``path`` (a
+    file, a folder or ``"standin"``; in a folder the first of GENDERS present)."""
+    present = [g for g in GENDERS if _has_model(path, g)]
+    model_file = resolve_model_file(path, present[0] if present else GENDERS[0])
+    stat = model_file.stat()
+    return _rest_pose(str(model_file.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=8)
+def _rest_pose(path: str, size: int, mtime_ns: int) -> tuple[np.ndarray, np.ndarray]:
+    # Keyed on size and mtime like _file_sha256: the loader checks the part labels every time a
+    # body is built, and reading an SMPL pickle takes a few tenths of a second.
+    data = read_smpl_file(path)
+    vertices = data["v_template"].astype(np.float64)
+    joints = data["J_regressor"] @ vertices
+    vertices.flags.writeable = joints.flags.writeable = False  # shared by every caller
+    return vertices, joints
+
+
+def _has_model(path: str | os.PathLike, gender: str) -> bool:
+    try:
+        resolve_model_file(path, gender)
+    except FileNotFoundError:
+        return False
+    return True
 
 
 class BodyModelMismatch(ConfigError):

@@ -7,7 +7,7 @@ import pytest
 import torch
 from scipy.spatial.transform import Rotation
 
-from pare.body import build_body_model, load_eval_assets, read_smpl_file
+from pare.body import build_body_model, check_part_labels, load_eval_assets, read_smpl_file
 from pare.body.check import mesh_topology
 from pare.body.joints import SMPL_PARENTS, SMPLX_EXTRA_VERTEX_JOINTS
 from pare.body.standin import REST_JOINTS, generate
@@ -78,6 +78,16 @@ def test_skinning_weights_and_parts(model_arrays, standin_folder):
     v = model_arrays["v_template"]
     assert v[labels == 22, 0].min() > 0.7 and v[labels == 23, 0].max() < -0.7
     assert v[labels == 15, 1].min() > 0.28
+
+
+def test_part_labels_pass_the_loaders_check(standin_folder):
+    # The loader refuses labels out of SMPL joint order or whose sides do not mirror; the
+    # generated ones must pass on every gendered template, not only the neutral one it checks.
+    labels = np.load(standin_folder / "smpl_part_labels.npy")
+    for gender in ("NEUTRAL", "MALE", "FEMALE"):
+        arrays = read_smpl_file(standin_folder / f"SMPL_{gender}.pkl")
+        v = arrays["v_template"]
+        check_part_labels(labels, v, arrays["J_regressor"] @ v, f"stand-in {gender}")
 
 
 def test_extra_vertex_joints_are_anatomical(model_arrays):
