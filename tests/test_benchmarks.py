@@ -35,8 +35,13 @@ def test_render_benchmark(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_pack_benchmark(tmp_path, monkeypatch):
-    result = _run("bench_pack.py", ["--sequences", "1", "--frames", "6"], tmp_path, monkeypatch)
+    args = ["--sequences", "1", "--frames", "6", "--caps", "320", "600", "--repeats", "1"]
+    result = _run("bench_pack.py", args, tmp_path, monkeypatch)
     assert result["samples"] > 0 and result["shard_bytes_per_sample"] > 1000
+    small, large = result["caps"]["320"], result["caps"]["600"]
+    # A larger cap stores more pixels of the same people: never fewer bytes.
+    assert large["shard_bytes_per_sample"] > small["shard_bytes_per_sample"]
+    assert small["time_ratio_to_first"] == 1.0
 
 
 @pytest.mark.slow

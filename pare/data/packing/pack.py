@@ -32,6 +32,7 @@ from pare.data.packing.readers import (
     threedpw_sequence_files,
 )
 from pare.data.packing.samples import (
+    STORED_CROP_MAX,
     SampleError,
     box_from_keypoints,
     camera_frame_pose,
@@ -104,14 +105,15 @@ def _read_image(path: Path) -> bytes:
 class ThreeDPWBuilder:
     """Builds 3DPW samples in a worker: camera-frame SMPL, joints, crop and part labels."""
 
-    def __init__(self, body_model: str) -> None:
+    def __init__(self, body_model: str, stored_crop_max: int = STORED_CROP_MAX) -> None:
         self.bodies = SMPLBody(body_model)
+        self.stored_crop_max = stored_crop_max
 
     def __call__(self, rec: PersonFrame3DPW) -> dict[str, bytes]:
         box = box_from_keypoints(rec.keypoints)
         if box is None:
             raise SampleError("too_few_keypoints", f"{rec.sequence}/{rec.actor}/{rec.frame}")
-        crop = crop_for(*box)
+        crop = crop_for(*box, self.stored_crop_max)
         image = decode_crop(_read_image(rec.image), crop, str(rec.image))
         body = self.bodies.posed_numpy(rec.gender, rec.betas, rec.pose[None], rec.trans[None])
         rot, t = rec.cam_pose[:3, :3], rec.cam_pose[:3, 3]
@@ -155,8 +157,8 @@ class ThreeDPWBuilder:
         }
 
 
-def _make_3dpw_builder(body_model: str) -> ThreeDPWBuilder:
-    return ThreeDPWBuilder(body_model)
+def _make_3dpw_builder(body_model: str, stored_crop_max: int) -> ThreeDPWBuilder:
+    return ThreeDPWBuilder(body_model, stored_crop_max)
 
 
 def pack_3dpw(
@@ -182,8 +184,9 @@ def pack_3dpw(
         "maxcount": options.maxcount,
         "maxsize": options.maxsize,
         "seed": options.seed,
+        "stored_crop_max": options.stored_crop_max,
     }
-    factory = functools.partial(_make_3dpw_builder, body_model)
+    factory = functools.partial(_make_3dpw_builder, body_model, options.stored_crop_max)
     return _pack(records, factory, out, "3dpw", split, arguments, identity, options, skips)
 
 
@@ -191,8 +194,11 @@ class MPIIBuilder:
     """Builds MPII samples: crop from objpos/scale, MPII joints in the unified layout, and SMPL
     plus part labels from EFT fits where given (flagged as pseudo ground truth)."""
 
-    def __init__(self, root: str, body_model: str, eft: str | None) -> None:
+    def __init__(
+        self, root: str, body_model: str, eft: str | None, stored_crop_max: int = STORED_CROP_MAX
+    ) -> None:
         self.root = Path(root)
+        self.stored_crop_max = stored_crop_max
         self.eft_file = Path(eft).name if eft else ""
         self.eft = read_eft(Path(eft)) if eft else {}
         self.bodies = SMPLBody(body_model) if eft else None
@@ -200,7 +206,7 @@ class MPIIBuilder:
     def __call__(self, person: PersonMPII) -> dict[str, bytes]:
         # MPII's objpos sits on the torso and scale is height / 200; SPIN widens it by 1.25.
         center, scale = person.center, 1.25 * person.scale
-        crop = crop_for(center, scale)
+        crop = crop_for(center, scale, self.stored_crop_max)
         image_path = self.root / "images" / person.image
         image = decode_crop(_read_image(image_path), crop, str(image_path))
         fit = self.eft.get((person.image, person.rect))
@@ -302,8 +308,10 @@ def _malformed_fit(fit: dict) -> str:
     return ""
 
 
-def _make_mpii_builder(root: str, body_model: str, eft: str | None) -> MPIIBuilder:
-    return MPIIBuilder(root, body_model, eft)
+def _make_mpii_builder(
+    root: str, body_model: str, eft: str | None, stored_crop_max: int
+) -> MPIIBuilder:
+    return MPIIBuilder(root, body_model, eft, stored_crop_max)
 
 
 def pack_mpii(
@@ -348,9 +356,14 @@ def pack_mpii(
         "maxcount": options.maxcount,
         "maxsize": options.maxsize,
         "seed": options.seed,
+        "stored_crop_max": options.stored_crop_max,
     }
     factory = functools.partial(
-        _make_mpii_builder, str(root), body_model, str(eft) if eft else None
+        _make_mpii_builder,
+        str(root),
+        body_model,
+        str(eft) if eft else None,
+        options.stored_crop_max,
     )
     return _pack(people, factory, out, "mpii", split, arguments, identity, options, skips)
 

@@ -28,8 +28,13 @@ from pare.data.fields import NPZ_FIELDS, nonfinite_fields
 from pare.geometry import crop_matrix
 from pare.render import Camera, Mesh, render
 
-# The stored crop, not the network input: augmentation resamples it to data.crop_size.
-STORED_CROP_MAX = 320
+# The stored crop, not the network input: augmentation resamples it to data.crop_size. Its
+# default cap keeps PARE's 224 px input from ever being upsampled from a stored crop when the
+# person is large enough in the image: the input covers the box times the augmentation scale,
+# at least 0.75 (PARE's scale_min), so the box needs 224 / 0.75 = 299 stored pixels, and the
+# stored crop is STORED_CROP_CONTEXT = 2 boxes: 598, rounded to 600. (Packers' --stored-crop-max
+# changes it; the manifest records the value.)
+STORED_CROP_MAX = 600
 STORED_CROP_CONTEXT = 2.0
 BOX_EXTENT = 1.2  # SPIN: box side = 1.2 x the keypoints' extent
 
@@ -69,9 +74,11 @@ class Crop:
     box: np.ndarray  # (4,) crop square in the image
 
 
-def crop_for(center: np.ndarray, scale: float) -> Crop:
+def crop_for(center: np.ndarray, scale: float, max_size: int = STORED_CROP_MAX) -> Crop:
+    """The stored crop around a person box (centre in image pixels, ``scale`` = box side / 200
+    px): ``STORED_CROP_CONTEXT`` boxes wide, at most ``max_size`` px and never upscaled."""
     side = STORED_CROP_CONTEXT * 200.0 * scale
-    size = int(max(8, min(STORED_CROP_MAX, math.floor(side))))  # never upscale
+    size = int(max(8, min(max_size, math.floor(side))))  # never upscale
     m = crop_matrix(
         torch.from_numpy(np.asarray(center, np.float64)[None]),
         torch.tensor([STORED_CROP_CONTEXT * scale], dtype=torch.float64),
@@ -158,7 +165,7 @@ def camera_frame_pose(pose: np.ndarray, rotation: np.ndarray) -> np.ndarray:
 
 def stored_parts_size(stored_size: int) -> int:
     """Side of the stored part map: half the stored crop's. The person box is then at least
-    80 px wide in it whenever the stored crop is full size (320 px), enough for PARE's 56 x 56
+    80 px wide in it whenever the stored crop is 320 px or more, enough for PARE's 56 x 56
     heatmap supervision, and the PNG decodes four times faster than at the stored crop's side."""
     return max(1, (stored_size + 1) // 2)
 

@@ -62,6 +62,8 @@ class ShardOptions:
     slice_index: int | None = None
     num_slices: int = 1
     merge: bool = False
+    # The stored crop's side at most (px): see pare.data.packing.samples.STORED_CROP_MAX.
+    stored_crop_max: int = STORED_CROP_MAX
 
 
 def add_shard_arguments(parser) -> None:
@@ -81,6 +83,14 @@ def add_shard_arguments(parser) -> None:
     parser.add_argument(
         "--merge", action="store_true", help="write shards + manifest from N complete slices"
     )
+    parser.add_argument(
+        "--stored-crop-max",
+        type=int,
+        default=STORED_CROP_MAX,
+        metavar="PX",
+        help=f"side of the stored crops at most (default {STORED_CROP_MAX}: PARE's 224 px input "
+        "is then never upsampled from them at augmentation scale 0.75)",
+    )
 
 
 def shard_options(args) -> ShardOptions:
@@ -90,6 +100,8 @@ def shard_options(args) -> ShardOptions:
         raise SystemExit("error: --merge and --slice exclude each other")
     if args.slice is not None and not 0 <= args.slice < args.num_slices:
         raise SystemExit(f"error: --slice must be in 0..{args.num_slices - 1} (--num-slices)")
+    if args.stored_crop_max < 8:
+        raise SystemExit("error: --stored-crop-max must be at least 8 (pixels)")
     return ShardOptions(
         args.maxcount,
         int(args.maxsize_mb * 1024 * 1024),
@@ -100,6 +112,7 @@ def shard_options(args) -> ShardOptions:
         args.slice,
         args.num_slices,
         args.merge,
+        args.stored_crop_max,
     )
 
 
@@ -553,7 +566,7 @@ def write_manifest(
         "keypoint_layout": list(UNIFIED),
         "crop": {
             "context": STORED_CROP_CONTEXT,
-            "max_size": STORED_CROP_MAX,
+            "max_size": arguments.get("stored_crop_max", STORED_CROP_MAX),
             "box_extent": BOX_EXTENT,
             "convention": "200px",
         },

@@ -18,6 +18,7 @@ import webdataset as wds
 from PIL import Image
 
 from pare.data.packing.pack import pack_3dpw, pack_mpii
+from pare.data.packing.samples import STORED_CROP_CONTEXT, STORED_CROP_MAX
 from pare.data.packing.shard_writer import ShardOptions
 from pare.data.packing.verify import verify_split
 
@@ -46,7 +47,10 @@ def test_manifest_and_webdataset_reading(packed):
         manifest = json.loads((packed / name / "manifest.json").read_text())
         assert manifest["__kind__"] == "wids-shard-index-v1" and manifest["schema_version"] == 1
         assert manifest["num_samples"] == sum(s["nsamples"] for s in manifest["shardlist"]) > 0
-        assert len(manifest["keypoint_layout"]) == 22 and manifest["crop"]["max_size"] == 320
+        assert (
+            len(manifest["keypoint_layout"]) == 22
+            and manifest["crop"]["max_size"] == STORED_CROP_MAX
+        )
         urls = [str(packed / name / s["url"]) for s in manifest["shardlist"]]
         seen = list(wds.WebDataset(urls, shardshuffle=False, empty_check=False))  # a second reader
         assert len(seen) == manifest["num_samples"]
@@ -72,7 +76,7 @@ def test_keypoints_and_part_labels_line_up_with_the_person(packed, test_output):
         parts = np.asarray(Image.open(io.BytesIO(s["png"])))
         z = np.load(io.BytesIO(s["npz"]))
         assert (
-            image.shape[0] == image.shape[1] <= 320
+            image.shape[0] == image.shape[1] <= STORED_CROP_MAX
             and parts.shape == ((image.shape[0] + 1) // 2,) * 2
         )
         # Independent geometry: the crop intrinsics project the camera-frame joints onto the
@@ -357,3 +361,40 @@ def test_a_worker_that_cannot_start_stops_the_packer(raw, tmp_path, fault):
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
     assert out.returncode == 2, out.stderr[-2000:]
     assert named in out.stderr and "Traceback" not in out.stderr, out.stderr[-2000:]
+
+
+def test_a_large_person_keeps_the_pixels_the_224_input_needs(tmp_path):
+    """PARE's 224 px input covers the box times the augmentation scale (at least scale_min):
+    from a person whose box is >= 400 px in the image, the stored crop must keep at least
+    224 / scale_min px of box so that the input is never upsampled."""
+    from pare.config import AugmentConfig
+    from pare.data.synthetic.threedpw import Synthetic3DPWConfig, make_3dpw
+
+    needed = 224 / AugmentConfig().scale_min  # 298.7 px
+    make_3dpw(tmp_path / "raw", Synthetic3DPWConfig(sequences=1, frames=2, seed=3), progress=False)
+    result = pack_3dpw(tmp_path / "raw", "train", tmp_path / "out", "standin", OPTS)
+    large = 0
+    for s in _samples(tmp_path / "out").values():
+        z = np.load(io.BytesIO(s["npz"]))
+        box_px = 200 * float(z["box_scale"])  # the person box in the 1080 x 1920 frame
+        stored = np.asarray(Image.open(io.BytesIO(s["jpg"]))).shape[0]
+        if box_px >= 400:
+            large += 1
+            assert stored / STORED_CROP_CONTEXT >= needed, (box_px, stored)
+    assert large > 0, "no person with a box of 400 px or more in the frames"
+    manifest = json.loads(result["manifest"].read_text())
+    assert manifest["crop"]["max_size"] == STORED_CROP_MAX  # the manifest records the cap
+    # The cap is an argument: a smaller one is recorded and packs smaller crops.
+    small = pack_3dpw(
+        tmp_path / "raw",
+        "train",
+        tmp_path / "small",
+        "standin",
+        ShardOptions(maxcount=6, progress=False, stored_crop_max=320),
+    )
+    assert json.loads(small["manifest"].read_text())["crop"]["max_size"] == 320
+    sizes = [
+        np.asarray(Image.open(io.BytesIO(s["jpg"]))).shape[0]
+        for s in _samples(tmp_path / "small").values()
+    ]
+    assert max(sizes) <= 320
