@@ -69,8 +69,54 @@ class AugmentConfig:
     scale_min: float = 0.75
     scale_max: float = 1.25
     translation: float = 0.0  # box-centre shift, uniform in +-translation box sides
-    occlusion_prob: float = 0.0  # synthetic textured patches (PARE pastes objects)
+    # Procedural textured patches, which need no download; data.augment.occluders replaces them.
+    occlusion_prob: float = 0.0
     extreme_crop_prob: float = 0.0  # crop to upper body, lower body or head and shoulders
+    # PARE's synthetic occlusion: a folder of RGBA object cut-outs (shards/make_occluders.py
+    # writes them from Pascal VOC 2012); every training crop then gets 1-7 of them. "" = off.
+    occluders: str = ""
+    # PARE blurs half its training crops (albumentations' MotionBlur, 3/5/7-pixel line kernels).
+    motion_blur_prob: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in (
+            "flip_prob",
+            "rotation_prob",
+            "occlusion_prob",
+            "extreme_crop_prob",
+            "motion_blur_prob",
+        ):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"data.augment.{name}={getattr(self, name)} must be in [0, 1]")
+        if self.occluders and self.occlusion_prob > 0:
+            raise ConfigError(
+                f"data.augment.occluders={self.occluders!r} and "
+                f"data.augment.occlusion_prob={self.occlusion_prob} are alternatives: the "
+                "folder's objects occlude every crop, the procedural patches need no folder"
+            )
+
+
+OCCLUDERS_HINT = "shards/make_occluders.py --voc VOCdevkit/VOC2012 --out DIR writes them"
+
+
+def occluder_files(folder: str | os.PathLike) -> list[Path]:
+    """The cut-outs (``*.png``) of ``data.augment.occluders``, sorted: a draw picks one by its
+    index, so the same seed picks the same object. Raises ConfigError, one line naming the
+    folder, when it is missing or holds none.
+
+    Not checked when a config loads: evaluation and prediction read a run's config.yaml on
+    machines that need not have the folder. The training stream calls it on its first draw; an
+    entry point can call it up front."""
+    path = Path(folder)
+    if not path.is_dir():
+        raise ConfigError(
+            f"data.augment.occluders: folder not found: {path} ({OCCLUDERS_HINT}; "
+            "data.augment.occluders='' turns object occlusion off)"
+        )
+    files = sorted(p for p in path.glob("*.png") if not p.name.startswith("."))
+    if not files:
+        raise ConfigError(f"data.augment.occluders: no *.png cut-outs in {path} ({OCCLUDERS_HINT})")
+    return files
 
 
 @dataclass

@@ -10,19 +10,26 @@ labels H = S / 4 (:func:`pare.config.heatmap_size`).
 
 Rotation is counter-clockwise on screen by ``rotation_deg``; with image y pointing down this is a
 rotation of the camera-frame body about the optical axis by the negative angle.
+
+After the crop and the flip come the steps that change pixels only, in PARE's order
+(pare/dataset/base_dataset.py, ``BaseDataset.rgb_processing``): pasted objects, motion blur, the
+per-channel colour scale; then the procedural patches, the no-download alternative to objects.
+Every random choice is drawn up front into :class:`AugmentParams`, so the same parameters give
+the same pixels.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cache, lru_cache
 from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 
 from pare.body.joints import H36M_FLIP, SMPL_FLIP, UNIFIED, UNIFIED_FLIP
-from pare.config import heatmap_size
+from pare.config import heatmap_size, occluder_files
 
 # Extreme crops (as in PARE/EFT's training): the box around a subset of the UNIFIED keypoints.
 EXTREME_CROPS = {
@@ -57,8 +64,26 @@ EXTREME_CROPS = {
 # Part label l (1..24, 0 background) after a flip: the mirrored part.
 PART_LABEL_FLIP = np.concatenate([[0], SMPL_FLIP + 1]).astype(np.uint8)
 
+# PARE's synthetic occlusion (pare/dataset/occlusion.py, occlude_with_objects, after Sárándi et
+# al.'s synthetic-occlusion): 1-7 objects per crop (np.random.randint(1, 8)), each scaled by
+# U(0.2, 1.0) x (crop side / 256) and centred uniformly over the crop.
+OBJECTS_PER_CROP = (1, 7)
+OBJECT_SCALE = (0.2, 1.0)
+OBJECT_SCALE_REFERENCE = 256  # PARE: im_scale_factor = min(width, height) / 256
+# PARE's A.MotionBlur(p=0.5) under albumentations 0.4.6: blur_limit=7, kernel sides 3, 5 or 7.
+MOTION_BLUR_SIZES = (3, 5, 7)
+
 if TYPE_CHECKING:
     from pare.config import AugmentConfig
+
+
+@dataclass(frozen=True)
+class PastedObject:
+    """One occluder of a draw: which cut-out, its size and where its centre goes."""
+
+    path: str  # an RGBA PNG of data.augment.occluders
+    scale: float  # PARE's U(0.2, 1.0); the cut-out is resized by scale * crop side / 256
+    center: tuple[float, float]  # x, y in fractions of the crop side
 
 
 @dataclass
@@ -72,10 +97,16 @@ class AugmentParams:
     color: tuple[float, float, float] = (1.0, 1.0, 1.0)
     occlusion: tuple[float, float, float, float] | None = None  # x, y, w, h in output fractions
     extreme: str | None = None  # crop to a body region: one of EXTREME_CROPS
+    objects: tuple[PastedObject, ...] = ()  # pasted in order, later ones on top
+    # Motion-blur kernel: side k, then a line from (x0, y0) to (x1, y1) in 0..k-1.
+    motion_blur: tuple[int, int, int, int, int] | None = None
 
 
 def draw_params(rng: np.random.Generator, cfg: AugmentConfig) -> AugmentParams:
-    """Sample augmentation parameters from an :class:`pare.config.AugmentConfig`."""
+    """Sample augmentation parameters from an :class:`pare.config.AugmentConfig`.
+
+    Settings that are off draw nothing, so switching one on leaves the draws before it as
+    they were. Raises ConfigError when ``cfg.occluders`` is set but missing or empty."""
     scale = float(np.clip(rng.normal(1.0, cfg.scale_std), cfg.scale_min, cfg.scale_max))
     rotation = 0.0
     if rng.random() < cfg.rotation_prob:
@@ -90,9 +121,47 @@ def draw_params(rng: np.random.Generator, cfg: AugmentConfig) -> AugmentParams:
     if rng.random() < cfg.occlusion_prob:
         w, h = rng.uniform(0.15, 0.45, 2)
         occlusion = (float(rng.uniform(0, 1 - w)), float(rng.uniform(0, 1 - h)), float(w), float(h))
+    flip = bool(rng.random() < cfg.flip_prob)
+    extreme = None
+    if cfg.extreme_crop_prob > 0 and rng.random() < cfg.extreme_crop_prob:
+        extreme = list(EXTREME_CROPS)[int(rng.integers(len(EXTREME_CROPS)))]
+    objects = ()
+    if cfg.occluders:
+        files = _occluder_paths(cfg.occluders)
+        objects = tuple(
+            PastedObject(
+                files[int(rng.integers(len(files)))],
+                float(rng.uniform(*OBJECT_SCALE)),
+                (float(rng.uniform()), float(rng.uniform())),
+            )
+            for _ in range(int(rng.integers(OBJECTS_PER_CROP[0], OBJECTS_PER_CROP[1] + 1)))
+        )
+    motion_blur = None
+    if cfg.motion_blur_prob > 0 and rng.random() < cfg.motion_blur_prob:
+        motion_blur = _draw_motion_blur(rng)
     return AugmentParams(
-        scale, rotation, shift, bool(rng.random() < cfg.flip_prob), color, occlusion
+        scale=scale,
+        rotation_deg=rotation,
+        shift=shift,
+        flip=flip,
+        color=color,
+        occlusion=occlusion,
+        extreme=extreme,
+        objects=objects,
+        motion_blur=motion_blur,
     )
+
+
+def _draw_motion_blur(rng: np.random.Generator) -> tuple[int, int, int, int, int]:
+    """albumentations 0.4.6's MotionBlur.get_params: a random line in a k x k kernel; a vertical
+    one (equal x) gets two distinct y so that it is never a single pixel."""
+    k = int(MOTION_BLUR_SIZES[int(rng.integers(len(MOTION_BLUR_SIZES)))])
+    x0, x1 = (int(v) for v in rng.integers(0, k, 2))
+    if x0 == x1:
+        y0, y1 = (int(v) for v in rng.choice(k, 2, replace=False))
+    else:
+        y0, y1 = (int(v) for v in rng.integers(0, k, 2))
+    return k, x0, y0, x1, y1
 
 
 def input_matrix(
@@ -217,17 +286,32 @@ def augment(sample: dict, params: AugmentParams, crop_size: int = 224) -> dict:
     intrinsics = np.array(
         [[k[0, 0] * scale, 0, centre[0]], [0, k[1, 1] * scale, centre[1]], [0, 0, 1.0]]
     )
-    if params.color != (1.0, 1.0, 1.0):
-        out["image"] = np.clip(out["image"] * np.asarray(params.color, np.float32), 0, 255).astype(
-            np.uint8
-        )
-    if params.occlusion is not None:
-        out["image"] = occlude(out["image"], params.occlusion)
     out.update(keypoints_2d=kp, pose=pose, joints_3d=joints, h36m_3d=h36m, intrinsics=intrinsics)
     if "head_size" in sample:  # a length: scaled by the similarity's scale
         out["head_size"] = float(sample["head_size"]) * math.sqrt(abs(np.linalg.det(m[:2, :2])))
-    out["image"] = np.ascontiguousarray(out["image"])
-    return flip(out, crop_size) if params.flip else out
+    if params.flip:
+        out = flip(out, crop_size)
+    out["image"] = np.ascontiguousarray(paint(out["image"], params))
+    return out
+
+
+def paint(image: np.ndarray, params: AugmentParams) -> np.ndarray:
+    """The steps that change pixels only, on the (S, S, 3) uint8 input crop, in PARE's order:
+    pasted objects, motion blur and the colour scale; then the procedural patch."""
+    if params.objects:
+        image = paste_objects(image, params.objects)
+    if params.motion_blur is not None or params.color != (1.0, 1.0, 1.0):
+        pixels = image.astype(np.float32)
+        if params.motion_blur is not None:
+            pixels = motion_blur(pixels, motion_blur_kernel(*params.motion_blur))
+        if params.color != (1.0, 1.0, 1.0):
+            # Scaled as (S, S * 3) rows: numpy broadcasts a 3-vector about ten times slower.
+            rows = pixels.reshape(pixels.shape[0], -1)
+            rows *= np.tile(np.asarray(params.color, np.float32), pixels.shape[1])
+        image = np.clip(pixels, 0, 255).astype(np.uint8)
+    if params.occlusion is not None:
+        image = occlude(image, params.occlusion)
+    return image
 
 
 def flip(sample: dict, size: int) -> dict:
@@ -262,4 +346,79 @@ def occlude(image: np.ndarray, box: tuple[float, float, float, float]) -> np.nda
     patch = base * (0.6 + 0.4 * stripes[..., None]) + rng.normal(0, 12, (y1 - y0, x1 - x0, 3))
     out = image.copy()
     out[y0:y1, x0:x1] = np.clip(patch, 0, 255).astype(np.uint8)
+    return out
+
+
+@lru_cache(maxsize=8)
+def _occluder_paths(folder: str) -> tuple[str, ...]:
+    return tuple(str(p) for p in occluder_files(folder))
+
+
+@cache
+def load_occluder(path: str) -> Image.Image:
+    """A cut-out as an RGBX image whose fourth band is its alpha, decoded once per process: PIL
+    resizes RGBX bands independently but premultiplies RGBA, which PARE's cv2.resize does not."""
+    with Image.open(path) as im:
+        rgba = im.convert("RGBA")
+    return Image.frombuffer("RGBX", rgba.size, rgba.tobytes(), "raw", "RGBX", 0, 1)
+
+
+def paste_objects(image: np.ndarray, objects: tuple[PastedObject, ...]) -> np.ndarray:
+    """Alpha-blend the cut-outs onto the (S, S, 3) uint8 crop, in order, each resized to
+    round(side * scale * S / 256) and centred at its point, clipped at the crop's edges: PARE's
+    resize_by_factor and paste_over (pare/dataset/occlusion.py).
+
+    PARE resizes with cv2 (INTER_AREA to shrink, INTER_LINEAR to grow) and blends in floats;
+    OpenCV is no dependency here and numpy is several times slower, so PIL does both in C. Its
+    Hamming filter is the closest of PIL's to INTER_AREA over PARE's scales (a mean difference
+    of 1 in 255), and the blend rounds to uint8."""
+    size = image.shape[0]
+    canvas = Image.fromarray(image)
+    for obj in objects:
+        cutout = load_occluder(obj.path)
+        factor = obj.scale * size / OBJECT_SCALE_REFERENCE
+        w, h = (int(v) for v in np.round(np.array(cutout.size) * factor))
+        if w == 0 or h == 0:  # shrunk below a pixel (cv2 would refuse the empty size)
+            continue
+        resample = Image.Resampling.BILINEAR if factor > 1.0 else Image.Resampling.HAMMING
+        resized = cutout.resize((w, h), resample).tobytes()
+        rgba = Image.frombuffer("RGBA", (w, h), resized, "raw", "RGBA", 0, 1)
+        cx, cy = (int(v) for v in np.round(np.asarray(obj.center) * size))
+        canvas.paste(rgba, (cx - w // 2, cy - h // 2), rgba)  # the alpha band is the mask
+    return np.asarray(canvas)
+
+
+def motion_blur_kernel(size: int, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
+    """(size, size) float32 kernel: the line cv2.line(kernel, (x0, y0), (x1, y1), 1) draws
+    (8-connected Bresenham, from its left end), normalised to sum 1."""
+    if x1 < x0:
+        x0, y0, x1, y1 = x1, y1, x0, y0
+    major, minor = x1 - x0, abs(y1 - y0)
+    step_major, step_minor = (1, 0), (0, 1 if y1 >= y0 else -1)
+    if minor > major:
+        major, minor = minor, major
+        step_major, step_minor = step_minor, (1, 0)
+    kernel = np.zeros((size, size), np.float32)
+    x, y, err = x0, y0, major - 2 * minor
+    for _ in range(major + 1):
+        kernel[y, x] = 1.0
+        diagonal = err < 0
+        err += -2 * minor + (2 * major if diagonal else 0)
+        x += step_major[0] + (step_minor[0] if diagonal else 0)
+        y += step_major[1] + (step_minor[1] if diagonal else 0)
+    return kernel / kernel.sum()
+
+
+def motion_blur(pixels: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+    """(H, W, C) float32 correlated with a line ``kernel`` (its taps all equal) about its
+    centre, mirrored at the edges without repeating them: cv2.filter2D's defaults, which
+    albumentations' MotionBlur uses. At most k taps, so a sum of shifted copies."""
+    r = kernel.shape[0] // 2
+    padded = np.pad(pixels, ((r, r), (r, r), (0, 0)), mode="reflect")
+    h, w = pixels.shape[:2]
+    rows, cols = np.nonzero(kernel)
+    out = padded[rows[0] : rows[0] + h, cols[0] : cols[0] + w].copy()
+    for i, j in zip(rows[1:], cols[1:], strict=True):
+        out += padded[i : i + h, j : j + w]
+    out *= kernel[rows[0], cols[0]]
     return out

@@ -10,7 +10,13 @@ from PIL import Image
 
 from pare.body import GENDERS, build_body_model, load_eval_assets
 from pare.config import AugmentConfig
-from pare.data.streaming.augment import AugmentParams, augment, draw_params, flip
+from pare.data.streaming.augment import (
+    EXTREME_CROPS,
+    AugmentParams,
+    augment,
+    draw_params,
+    flip,
+)
 from pare.data.streaming.stream import decode_sample
 from pare.render import Camera, Mesh, render
 
@@ -195,3 +201,14 @@ def test_extreme_crop_zooms_on_the_region(packed):
     np.testing.assert_allclose(
         uvw[[17, 16], :2] / uvw[[17, 16], 2:], upper["keypoints_2d"][[2, 5], :2], atol=1e-3
     )
+
+
+def test_extreme_crops_are_drawn_at_their_rate():
+    rng = np.random.default_rng(0)
+    draws = [draw_params(rng, AugmentConfig(extreme_crop_prob=0.5)).extreme for _ in range(400)]
+    assert set(draws) == {None, *EXTREME_CROPS}
+    assert 0.43 < np.mean([d is not None for d in draws]) < 0.57
+    # Off draws nothing: the other parameters are what they were without the setting.
+    with_off = draw_params(np.random.default_rng(3), AugmentConfig(extreme_crop_prob=0.0))
+    plain = draw_params(np.random.default_rng(3), AugmentConfig())
+    assert with_off == plain and plain.extreme is None
