@@ -246,3 +246,27 @@ def test_a_run_folder_of_an_earlier_version_still_loads(tmp_path):
     # On the command line a removed key is simply unknown.
     with pytest.raises(ConfigError, match=r"unknown config key 'body\.num_betas'"):
         load_config([], ["body.num_betas=10"])
+
+
+def test_pare_stages_chain_and_differ_as_mmhuman3d_names_them():
+    """Stage 2 starts from stage 1's exported weights; stage 1 trains the part segmentation with
+    occlusion at lr 2e-4, stage 2 neither, at 5e-5 and half the 2D weight (mmhuman3d's
+    hrnet_w32_conv_pare_coco.py and hrnet_w32_conv_pare_mix.py)."""
+    import math
+
+    root = Path(__file__).parents[1] / "configs"
+    base = [root / "hrnet_w32.yaml"]
+    one = load_config([*base, root / "pare_occlusion.yaml", root / "pare_stage1.yaml"])
+    two = load_config([*base, root / "pare_stage2.yaml"])
+    assert two.train.init_weights == f"{one.train.output_dir}/model.safetensors"
+    assert one.loss.part_segmentation * one.loss.total_scale == 60  # mmhuman3d loss_segm_mask
+    assert two.loss.part_segmentation == 0
+    assert one.data.augment.occluders and not two.data.augment.occluders
+    assert (one.optim.lr, two.optim.lr) == (2e-4, 5e-5)
+    assert one.loss.keypoints_2d * one.loss.total_scale == 300  # loss_keypoints2d
+    assert two.loss.keypoints_2d * two.loss.total_scale == 150
+    assert one.loss.joints_3d * one.loss.total_scale == two.loss.joints_3d * 60 == 300
+    assert (one.data.batch_size, two.data.batch_size) == (64, 32)
+    # The step counts are the arithmetic the files state.
+    assert one.train.max_steps == math.ceil(200 * 14361 / 64)
+    assert two.train.max_steps == math.ceil(50 * 20000 / 32)
