@@ -41,9 +41,22 @@ HEATMAP_STRIDE = 4
 
 
 def heatmap_size(crop_size: int) -> int:
-    """Side H of the part heatmaps and of the batch's part labels, in pixels, for crops of side
-    S = ``crop_size``: S / 4. Derived, never configured, so the two cannot disagree."""
+    """Side H of the part heatmaps, in pixels, for crops of side S = ``crop_size``: S / 4.
+    Derived, never configured, so model and data cannot disagree."""
     return crop_size // HEATMAP_STRIDE
+
+
+# The batch's part labels are twice the heatmaps' side (S / 2). PARE computes its part loss at
+# the input's side S on bilinearly upsampled logits (pare/losses/segmentation.py, CrossEntropy);
+# labels warped down to 56 x 56 lose hands, feet and the neck. S / 2 keeps them at a quarter of
+# the loss's cost at S.
+PART_LABEL_STRIDE = 2
+
+
+def part_label_size(crop_size: int) -> int:
+    """Side P of the batch's part labels, in pixels, for crops of side S = ``crop_size``: S / 2
+    (2 x the heatmap side H). The part loss upsamples the (H, H) logits to it."""
+    return crop_size // PART_LABEL_STRIDE
 
 
 @dataclass
@@ -132,9 +145,10 @@ class DatasetSource:
 class DataConfig:
     """Shards to stream and how to batch them (batch_size is per process).
 
-    ``crop_size`` (S) is the side of the network input in pixels; the part heatmaps and part
-    labels are :attr:`heatmap_size` = S / 4 on a side (PARE's default: 224 -> 56). The stored
-    crops in the shards have their own size, resampled to S by augmentation.
+    ``crop_size`` (S) is the side of the network input in pixels; the part heatmaps are
+    :attr:`heatmap_size` = S / 4 on a side (PARE's default: 224 -> 56) and the part labels
+    :attr:`part_label_size` = S / 2. The stored crops in the shards have their own size,
+    resampled to S by augmentation.
     """
 
     train: list[DatasetSource] = field(
@@ -163,6 +177,11 @@ class DataConfig:
         """Side of the part heatmaps and part labels (px): the model's part maps come out at a
         quarter of the input, so this is derived, never set."""
         return heatmap_size(self.crop_size)
+
+    @property
+    def part_label_size(self) -> int:
+        """Side of the batch's part labels (px): S / 2, see :func:`part_label_size`."""
+        return part_label_size(self.crop_size)
 
     def __post_init__(self) -> None:
         if not self.train:

@@ -54,9 +54,14 @@ def smpl_shape_loss(betas: torch.Tensor, target: torch.Tensor, mask: torch.Tenso
 def part_segmentation_loss(
     logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor
 ) -> torch.Tensor:
-    """Cross-entropy over the 25 classes, (B, 25, H, W) logits against (B, H, W) labels, over
-    the samples that have a part map."""
-    per_pixel = F.cross_entropy(logits.float(), labels.long(), reduction="none")  # (B, H, W)
+    """Cross-entropy over the 25 classes, (B, 25, H, W) logits against (B, P, P) labels, over
+    the samples that have a part map. Logits of another size than the labels are upsampled
+    bilinearly with aligned corners first, as PARE's ``CrossEntropy``
+    (``pare/losses/segmentation.py``) does."""
+    logits = logits.float()
+    if logits.shape[-2:] != labels.shape[-2:]:
+        logits = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=True)
+    per_pixel = F.cross_entropy(logits, labels.long(), reduction="none")  # (B, P, P)
     return _masked_mean(per_pixel, mask)
 
 

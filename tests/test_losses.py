@@ -135,3 +135,31 @@ def test_weights_come_from_the_config():
     ).loss
     total, _ = pare_loss(pred, batch, only_camera)
     assert float(total) == pytest.approx(2 * float(terms["camera"]), rel=1e-6)
+
+
+def test_part_loss_upsamples_the_logits_to_the_labels_as_pare_does():
+    """PARE's CrossEntropy (pare/losses/segmentation.py) upsamples (B, 25, h, w) logits
+    bilinearly with aligned corners to the labels' size; here against a bilinear written out."""
+    from pare.losses import part_segmentation_loss
+
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(2, 25, 3, 3, generator=g, dtype=torch.float64)
+    labels = torch.randint(0, 25, (2, 5, 5), generator=g)
+    mask = torch.tensor([True, False])
+    got = float(part_segmentation_loss(logits, labels, mask))
+    lo = logits.numpy()
+    pixels = []
+    for y in range(5):
+        for x in range(5):
+            # Aligned corners: output pixel i sits at input coordinate i * (3 - 1) / (5 - 1).
+            sy, sx = y * 2 / 4, x * 2 / 4
+            y0, x0 = min(int(sy), 1), min(int(sx), 1)
+            fy, fx = sy - y0, sx - x0
+            z = (
+                (1 - fy) * (1 - fx) * lo[0, :, y0, x0]
+                + (1 - fy) * fx * lo[0, :, y0, x0 + 1]
+                + fy * (1 - fx) * lo[0, :, y0 + 1, x0]
+                + fy * fx * lo[0, :, y0 + 1, x0 + 1]
+            )
+            pixels.append(math.log(np.exp(z).sum()) - z[int(labels[0, y, x])])
+    assert got == pytest.approx(float(np.mean(pixels)), rel=1e-5)

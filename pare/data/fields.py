@@ -8,7 +8,7 @@ and bookkeeping). Pixel coordinates are in the crop a sample travels with: the s
 shard, the network input in a batch.
 
 Shapes are per sample; ``"S"`` stands for the network input side (``data.crop_size``) and
-``"H"`` for the heatmap side (:func:`heatmap_size`: S / 4). The order of :data:`FIELDS` is the
+``"P"`` for the part labels' side (:func:`part_label_size`: S / 2, twice the heatmaps'). The order of :data:`FIELDS` is the
 npz member order, so it must not change for fields already packed.
 """
 
@@ -19,12 +19,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from pare.body.joints import UNIFIED
-from pare.config import heatmap_size
+from pare.config import part_label_size
 
 
 @dataclass(frozen=True)
 class Field:
-    """One per-sample array: its name, shape (ints, ``"S"`` or ``"H"``), numpy dtype and meaning
+    """One per-sample array: its name, shape (ints, ``"S"`` or ``"P"``), numpy dtype and meaning
     (with units)."""
 
     name: str
@@ -44,9 +44,9 @@ FIELDS: tuple[Field, ...] = (
         stored=False,
     ),
     Field(
-        "part_labels", ("H", "H"), np.uint8,
-        "0 background, 1..24 SMPL part + 1, at heatmap resolution; warped from the png "
-        "(all 0 without one)",
+        "part_labels", ("P", "P"), np.uint8,
+        "0 background, 1..24 SMPL part + 1, at twice the heatmap resolution (S / 2); warped "
+        "from the png (all 0 without one)",
         stored=False,
     ),
     Field(
@@ -109,8 +109,8 @@ BATCH_FIELDS: tuple[Field, ...] = tuple(f for f in FIELDS if f.in_batch)
 
 def field_shape(name: str, crop_size: int = 224) -> tuple[int, ...]:
     """Per-sample shape of field ``name`` for crops of side S = ``crop_size`` (and heatmaps of
-    :func:`heatmap_size`). Raises KeyError for an unknown field."""
-    sizes = {"S": crop_size, "H": heatmap_size(crop_size)}
+    :func:`part_label_size`). Raises KeyError for an unknown field."""
+    sizes = {"S": crop_size, "P": part_label_size(crop_size)}
     return tuple(sizes.get(d, d) for d in FIELDS_BY_NAME[name].shape)
 
 

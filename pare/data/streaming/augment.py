@@ -6,7 +6,7 @@ stored crop to the model input; a horizontal flip mirrors the result and swaps l
 
 Sizes: the stored crop (from the shard) is square with side ``stored_size``, the person box
 (side stored_size / 2) centred in it; the model input has side ``crop_size`` (S) and the part
-labels H = S / 4 (:func:`pare.config.heatmap_size`).
+labels P = S / 2 (:func:`pare.config.part_label_size`).
 
 Rotation is counter-clockwise on screen by ``rotation_deg``; with image y pointing down this is a
 rotation of the camera-frame body about the optical axis by the negative angle.
@@ -29,7 +29,7 @@ import numpy as np
 from PIL import Image
 
 from pare.body.joints import H36M_FLIP, SMPL_FLIP, UNIFIED, UNIFIED_FLIP
-from pare.config import heatmap_size, occluder_files
+from pare.config import occluder_files, part_label_size
 
 # Extreme crops (as in PARE/EFT's training): the box around a subset of the UNIFIED keypoints.
 EXTREME_CROPS = {
@@ -244,11 +244,11 @@ def flip_pose(pose: np.ndarray) -> np.ndarray:
 def augment(sample: dict, params: AugmentParams, crop_size: int = 224) -> dict:
     """Apply ``params`` to a decoded sample (see :func:`pare.data.streaming.stream.decode_sample`).
 
-    Returns new arrays: ``image`` (S, S, 3) uint8 for S = ``crop_size``, ``part_labels`` (H, H)
-    uint8 for H = S / 4 (:func:`pare.config.heatmap_size`), ``keypoints_2d`` in input pixels, and the SMPL, 3D joints
+    Returns new arrays: ``image`` (S, S, 3) uint8 for S = ``crop_size``, ``part_labels`` (P, P)
+    uint8 for P = S / 2 (:func:`pare.config.part_label_size`), ``keypoints_2d`` in input pixels, and the SMPL, 3D joints
     and intrinsics moved accordingly.
     """
-    heatmap = heatmap_size(crop_size)
+    labels = part_label_size(crop_size)
     image = sample["image"]
     region = (
         _extreme_region(sample["keypoints_2d"], params.extreme, image.shape[0])
@@ -259,14 +259,14 @@ def augment(sample: dict, params: AugmentParams, crop_size: int = 224) -> dict:
     out = dict(sample)
     out["image"] = _warp_image(image, m, crop_size, params.rotation_deg == 0)
     if sample.get("parts") is not None:
-        # Stored part map -> stored crop -> input -> heatmap: the part map is stored at a lower
+        # Stored part map -> stored crop -> input -> labels: the part map is stored at a lower
         # resolution than its crop.
         up = image.shape[0] / sample["parts"].shape[0]
-        down = heatmap / crop_size
+        down = labels / crop_size
         label_m = np.diag([down, down, 1.0]) @ m @ np.diag([up, up, 1.0])
-        out["part_labels"] = _warp(sample["parts"], label_m, heatmap, Image.Resampling.NEAREST)
+        out["part_labels"] = _warp(sample["parts"], label_m, labels, Image.Resampling.NEAREST)
     else:
-        out["part_labels"] = np.zeros((heatmap, heatmap), np.uint8)
+        out["part_labels"] = np.zeros((labels, labels), np.uint8)
     kp = sample["keypoints_2d"].copy()
     present = kp[:, 2] > 0
     kp[:, :2] = kp[:, :2] @ m[:2, :2].T + m[:2, 2]

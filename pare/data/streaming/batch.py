@@ -3,7 +3,7 @@
 
 Images travel as uint8 (normalised on the device by :func:`normalize_images`); everything else
 is float32, int64 or bool. Per-sample shapes use S for the crop size (``data.crop_size``) and
-H = W = S / 4 for the heatmap size (PARE's default: 224 -> 56); a batch adds a leading B.
+P = S / 2 for the part labels (PARE's default crop: 224 -> 112); a batch adds a leading B.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from pare.body import GENDERS, build_body_model, load_eval_assets
-from pare.config import AugmentConfig
+from pare.config import AugmentConfig, part_label_size
 from pare.data.streaming.augment import (
     EXTREME_CROPS,
     AugmentParams,
@@ -91,10 +91,12 @@ def test_targets_stay_on_the_rendered_person(packed, seed):
             )
         shift = out["joints_3d"][0] - body.joints[0, 0].numpy()
         verts = body.vertices[0].double().numpy() + shift
-        k = np.diag([56 / 224, 56 / 224, 1.0]) @ out["intrinsics"]
+        size = part_label_size(224)
+        assert out["part_labels"].shape == (size, size) == (112, 112)
+        k = np.diag([size / 224, size / 224, 1.0]) @ out["intrinsics"]
         fresh = render(
             [Mesh(verts, model.faces.astype(np.int64), labels)],
-            Camera(k, np.eye(3), np.zeros(3), 56, 56),
+            Camera(k, np.eye(3), np.zeros(3), size, size),
         ).parts
         # Other actors and props occlude the packed map but not the fresh render, so compare
         # labels where both see this person, and require the packed labels to lie on it.

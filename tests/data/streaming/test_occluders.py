@@ -250,37 +250,6 @@ def _mask(rows, cols):
     return mask
 
 
-def test_matches_opencv_where_installed():
-    """PARE's own operations (cv2.line, cv2.filter2D, cv2.resize INTER_AREA, the structuring
-    element); skipped where OpenCV is not installed (it is no dependency)."""
-    cv2 = pytest.importorskip("cv2")
-    for k in (3, 5, 7):
-        for x0, y0, x1, y1 in np.ndindex(k, k, k, k):
-            ref = np.zeros((k, k), np.uint8)
-            cv2.line(ref, (x0, y0), (x1, y1), 1, thickness=1)
-            np.testing.assert_array_equal(motion_blur_kernel(k, x0, y0, x1, y1) > 0, ref > 0)
-    image = np.random.default_rng(0).uniform(0, 255, (50, 40, 3)).astype(np.float32)
-    kernel = motion_blur_kernel(7, 0, 5, 6, 1)
-    np.testing.assert_allclose(
-        motion_blur(image, kernel), cv2.filter2D(image, -1, kernel), atol=1e-3
-    )
-    for h, w in ((61, 97), (60, 96)):
-        rgba = np.random.default_rng(1).integers(0, 256, (h, w, 4), dtype=np.uint8)
-        for f in (0.2, 0.25, 0.5, 0.61, 0.875):
-            size = tuple(int(v) for v in np.round(np.array([w, h]) * f))
-            ref = cv2.resize(rgba, size, interpolation=cv2.INTER_AREA).astype(int)
-            ours = make_occluders.resize_area(rgba, f)
-            if f == 0.5 and h % 2 == 0 and w % 2 == 0:  # PARE's halving: byte for byte
-                np.testing.assert_array_equal(ours, ref)
-            # Elsewhere cv2 sums in float32: exact halves may round either way.
-            assert np.abs(ours - ref).max() <= 1 and (ours != ref).mean() < 0.02
-    ellipse = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (8, 8))
-    np.testing.assert_array_equal(make_occluders.ELLIPSE_8, ellipse.astype(bool))
-
-
-# -- config --------------------------------------------------------------------------------------
-
-
 def test_missing_or_empty_occluder_folder_is_a_one_line_config_error(tmp_path):
     missing = tmp_path / "no_such_folder"
     with pytest.raises(ConfigError, match=r"folder not found: .*no_such_folder") as err:
