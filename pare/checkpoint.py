@@ -4,11 +4,14 @@ start from, and loading a trained model back (:func:`load_trained_model`).
 
 Checkpoints are folders ``<run>/checkpoints/step-0001000`` written by ``accelerator.save_state``
 into ``step-0001000.tmp`` and renamed once every rank has finished writing, with a ``COMPLETE``
-marker inside: a folder without the marker (a job killed mid-save) is never resumed from.
+marker inside: a folder without the marker (a job killed mid-save) is never resumed from, and
+the next run removes it (:func:`remove_unfinished`). A save that fails (a full disk) removes
+its folder and stops the run naming the cause (:class:`SaveError`).
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -27,7 +30,9 @@ CHECKPOINTS = "checkpoints"
 COMPLETE = "COMPLETE"
 TRAINER_STATE = "trainer_state.json"
 DONE_MARKER = "DONE"  # written by train.py when a run reaches train.max_steps
+RNG_STATES = "random_states_{}.pkl"  # accelerate's save_state: one per process index
 _STEP_DIR = re.compile(r"^step-(\d{7,})$")
+_UNFINISHED_DIR = re.compile(r"^step-(\d{7,})(\.tmp)?$")
 
 if TYPE_CHECKING:
     from pare.models import PARE
@@ -102,27 +107,41 @@ def resolve_resume(run_dir: Path, resume: str) -> Path | None:
     return path
 
 
+class SaveError(RuntimeError):
+    """A checkpoint or weights file could not be written (a full disk, a quota). The message
+    is one line naming the file, the cause and what is kept; the partial files are removed."""
+
+
+class DamagedCheckpoint(ValueError):
+    """A file of a checkpoint that cannot be read back as written."""
+
+
 def save_checkpoint(
     accelerator, run_dir: Path, step: int, keep: int, counters: dict | None = None
 ) -> Path:
     """``save_state`` into a temporary folder, add ``counters`` as ``trainer_state.json`` (JSON:
     Accelerate's own custom-object files are pickles, loaded with ``weights_only=False``), then
     mark and rename it (main process), and prune all but the newest ``keep`` complete
-    checkpoints. Collective: every rank must call it."""
+    checkpoints. Collective: every rank must call it. Raises :class:`SaveError` on every rank
+    when any rank fails to write its part, after removing the temporary folder."""
     final = checkpoint_dir(run_dir, step)
     tmp = final.with_name(final.name + ".tmp")
     if accelerator.is_main_process and tmp.exists():
         shutil.rmtree(tmp)  # left by a save that was killed
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    accelerator.wait_for_everyone()
+    error = _attempt(accelerator.save_state, str(tmp))  # every rank writes its RNG state
+    # Collective, as the barriers it replaces: a rank that failed must not leave the others
+    # waiting, nor rank 0 mark a folder that lacks another rank's file.
+    written = _on_every_rank(accelerator, error is None)
+    if written and accelerator.is_main_process:
+        error = _attempt(_mark_and_rename, tmp, final, step, counters)
+    if not _on_every_rank(accelerator, written and error is None):
+        # The message first: it reports the free space the partial folder leaves.
+        message = _save_failure("checkpoint", final, error, run_dir, keep)
+        if accelerator.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise SaveError(message)
     if accelerator.is_main_process:
-        if counters is not None:
-            (tmp / TRAINER_STATE).write_text(json.dumps(counters))
-        (tmp / COMPLETE).write_text(json.dumps({"step": step, "time": time.time()}))
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
         for old in complete_checkpoints(run_dir)[:-keep] if keep > 0 else []:
             (old / COMPLETE).unlink()  # first: a kill mid-removal leaves no "complete" remnant
             shutil.rmtree(old)
@@ -130,16 +149,197 @@ def save_checkpoint(
     return final
 
 
-def update_counters(run_dir: Path, step: int, counters: dict) -> None:
+def _attempt(write, *args) -> BaseException | None:
+    """The exception ``write(*args)`` raised (None if none): torch, safetensors and the OS each
+    report a full disk in their own way."""
+    try:
+        write(*args)
+    except Exception as err:
+        return err
+    return None
+
+
+def _mark_and_rename(tmp: Path, final: Path, step: int, counters: dict | None) -> None:
+    if counters is not None:
+        (tmp / TRAINER_STATE).write_text(json.dumps(counters))
+    (tmp / COMPLETE).write_text(json.dumps({"step": step, "time": time.time()}))
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+
+
+def _on_every_rank(accelerator, ok: bool) -> bool:
+    """Whether ``ok`` holds on every rank (collective)."""
+    if accelerator.num_processes == 1:
+        return ok
+    failed = torch.tensor([0.0 if ok else 1.0], device=accelerator.device)
+    return float(accelerator.reduce(failed, "sum")) == 0.0
+
+
+_DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+# How the libraries word it: safetensors "No space left on device (os error 28)"; torch's zip
+# writer only says "unexpected pos ..." or "file write failed", so free space decides there.
+_DISK_FULL_WORDS = ("no space left", "disk quota exceeded", "os error 28", "os error 122")
+
+
+def _is_disk_full(error: BaseException | None, folder: Path) -> bool:
+    seen = error
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in _DISK_FULL_ERRNOS:
+            return True
+        if any(w in str(seen).lower() for w in _DISK_FULL_WORDS):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return error is not None and _free_bytes(folder) < 2**20
+
+
+def _free_bytes(path: Path) -> int:
+    try:
+        return shutil.disk_usage(_existing(path)).free
+    except OSError:
+        return -1
+
+
+def _existing(path: Path) -> Path:
+    path = Path(path).absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _mount_point(path: Path) -> Path:
+    path = _existing(path)
+    while not os.path.ismount(path) and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _cause(error: BaseException) -> str:
+    """An error in a few words: its type and first sentence (torch's run to a paragraph)."""
+    lines = [x.strip() for x in str(error).splitlines() if x.strip()]
+    first = lines[0].split(". ")[0] if lines else ""
+    return f"{type(error).__name__}: {first[:200]}"
+
+
+def _save_failure(
+    what: str, target: Path, error, run_dir: Path | None, keep: int | None = None
+) -> str:
+    """One line: what could not be saved, why, how much space is left where (and a checkpoint
+    needs), what to do, and (for a checkpoint) which complete one is kept."""
+    free, mount = _free_bytes(target), _mount_point(target)
+    space = f"{free / 2**20:.0f} MiB free on {mount}" if free >= 0 else f"on {mount}"
+    if error is None:  # this rank wrote its part; another did not
+        cause = "another rank could not write its part (its error names the cause)"
+    elif _is_disk_full(error, target):
+        cause = "no space left on device"
+    else:
+        cause = _cause(error)
+    if run_dir is None:
+        return (
+            f"{cause} while saving {what} {target} ({space}): free space there (or check the quota)"
+        )
+    kept = complete_checkpoints(run_dir)
+    if kept:
+        size = sum(f.stat().st_size for f in kept[-1].iterdir() if f.is_file())
+        space += f"; a checkpoint takes {size / 2**20:.0f} MiB"
+    now = "" if keep is None else f", now {keep}"
+    last = (
+        f"the last complete checkpoint, {kept[-1]}, is kept; train.resume=auto continues from it"
+        if kept
+        else "no complete checkpoint is kept yet"
+    )
+    return (
+        f"{cause} while saving {what} {target} ({space}): free space there (or check the "
+        "quota), set train.output_dir to another filesystem, or keep fewer checkpoints "
+        f"(train.keep_checkpoints{now}); {last}"
+    )
+
+
+def update_counters(accelerator, run_dir: Path, step: int, counters: dict) -> None:
     """Replace ``trainer_state.json`` of the complete checkpoint of ``step`` (atomically): the
     training loop saves before evaluating, then records the evaluation's result here rather
-    than writing the whole checkpoint again. Main process only."""
+    than writing the whole checkpoint again. Collective: every rank must call it; the main
+    process writes. Raises :class:`SaveError` (the old file kept) when it cannot write."""
     from pare.io_utils import write_json_atomic
 
     folder = checkpoint_dir(run_dir, step)
-    if not (folder / COMPLETE).is_file():
-        raise FileNotFoundError(f"{folder} is not a complete checkpoint")
-    write_json_atomic(folder / TRAINER_STATE, counters)
+    error = None
+    if accelerator.is_main_process:
+        if (folder / COMPLETE).is_file():
+            error = _attempt(write_json_atomic, folder / TRAINER_STATE, counters)
+        else:
+            error = FileNotFoundError(f"{folder} is not a complete checkpoint")
+    if not _on_every_rank(accelerator, error is None):  # raised on every rank, none left waiting
+        if isinstance(error, FileNotFoundError):
+            raise error
+        raise SaveError(_save_failure("the counters of", folder, error, run_dir))
+
+
+def remove_unfinished(run_dir: Path) -> list[Path]:
+    """Remove what killed saves and prunes left in ``<run>/checkpoints``: ``step-*.tmp`` folders
+    and step folders without their ``COMPLETE`` marker. No resume would use them, and on a
+    full disk their space is what the next save needs. Main process, before training."""
+    root = Path(run_dir) / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    removed = []
+    for folder in sorted(root.iterdir()):
+        match = _UNFINISHED_DIR.match(folder.name)
+        if match and folder.is_dir() and (match.group(2) or not (folder / COMPLETE).exists()):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
+
+
+def check_rng_states(folder: Path, processes: int) -> list[int]:
+    """Read the RNG state files of checkpoint ``folder`` (``random_states_<rank>.pkl``, one per
+    process that saved it) as ``accelerator.load_state`` will, and try each state on a fresh
+    generator. Accelerate catches any error there and resumes with the current states (an
+    info-level log line only): the run would go on drawing other numbers than an uninterrupted
+    one, silently. Raises :class:`DamagedCheckpoint` naming the file and the way out instead.
+    Every rank reads every file, so all decide alike. Returns the ranks of ``processes``
+    without a file (the checkpoint was saved by fewer processes)."""
+    import random
+
+    import numpy as np
+    from accelerate.utils import load  # torch.load(weights_only=True) + numpy's globals
+
+    missing = []
+    for rank in range(processes):
+        path = Path(folder) / RNG_STATES.format(rank)
+        if not path.is_file():
+            missing.append(rank)
+            continue
+        try:
+            states = load(path, map_location="cpu")  # refuses any global outside the allow-list
+            random.Random().setstate(states["random_state"])
+            np.random.RandomState().set_state(states["numpy_random_seed"])
+            torch.Generator().set_state(states["torch_manual_seed"])
+        except Exception as err:
+            raise DamagedCheckpoint(
+                f"{path} is truncated or damaged ({_cause(err)}): resuming without this random "
+                f"state would not continue the run exactly; {_earlier_checkpoint(Path(folder))}"
+            ) from None
+    return missing
+
+
+def _earlier_checkpoint(folder: Path) -> str:
+    """What to do about a damaged checkpoint ``folder``: resume from the one before it."""
+    step = _STEP_DIR.match(folder.name)
+    older = [
+        p
+        for p in complete_checkpoints(folder.parent.parent)
+        if step and int(_STEP_DIR.match(p.name).group(1)) < int(step.group(1))
+    ]
+    if older:
+        return (
+            f"resume from an earlier checkpoint (train.resume={older[-1]}), or delete {folder} "
+            "and train.resume=auto takes the one before it"
+        )
+    return (
+        f"delete {folder} and start afresh, or delete only this file to resume with other "
+        "random states (not exactly)"
+    )
 
 
 def export_weights(model: torch.nn.Module, path: Path, metadata: dict | None = None) -> Path:
@@ -157,7 +357,11 @@ def save_weights(state: dict[str, torch.Tensor], path: Path, metadata: dict | No
     state = {k: v.detach().cpu().contiguous() for k, v in state.items()}
     tmp = path.with_name(path.name + ".tmp")
     meta = {k: json.dumps(v) for k, v in (metadata or {}).items()}
-    save_file(state, str(tmp), metadata=meta)
+    error = _attempt(save_file, state, str(tmp), meta)
+    if error is not None:
+        message = _save_failure("weights", path, error, None)
+        tmp.unlink(missing_ok=True)
+        raise SaveError(message)
     os.replace(tmp, path)
     return path
 

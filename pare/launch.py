@@ -1,13 +1,17 @@
 """How a process is started and stopped: the entry-point wrapper, the ``accelerate launch``
 command, launch checks that catch silent mis-launches, collective stop requests (signals, a
-``STOP`` file, a time budget), and the peak-memory reading the run summary records.
+``STOP`` file, a time budget), waiting for data without going deaf to them, and the
+peak-memory reading the run summary records.
 """
 
 from __future__ import annotations
 
 import os
+import queue
 import signal
+import threading
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -129,6 +133,63 @@ class StopRequest:
         if not self.reason and self.deadline is not None and time.monotonic() > self.deadline:
             self.reason = "wall-clock budget spent"
         return bool(self.reason)
+
+
+class StoppableReader:
+    """The items of ``iterable``, each read in a background thread when asked for, while the
+    caller waits watching a :class:`StopRequest`.
+
+    A training loop that calls ``next()`` on its loader itself is deaf while it waits: a signal
+    only sets a flag, and the kernel may not even let the wait end (a read stalled on a network
+    filesystem cannot be interrupted). Here the caller's thread waits on a queue and checks
+    ``stop`` every ``poll_s`` seconds, so a stop request is seen within that time however long
+    the read takes. Items are read one per :meth:`next` call, never ahead: the reading happens
+    when and as often as it did in the caller's thread (the loader's own workers still
+    prefetch). The thread is a daemon: a read that never returns does not keep the process
+    alive."""
+
+    def __init__(self, iterable: Iterable, stop: StopRequest, poll_s: float = 0.2) -> None:
+        self.stop, self.poll_s = stop, poll_s
+        self._asked: queue.SimpleQueue = queue.SimpleQueue()
+        self._results: queue.SimpleQueue = queue.SimpleQueue()
+        self._pending = False  # an item was asked for and not handed out yet
+        self._thread = threading.Thread(
+            target=self._read, args=(iterable,), name="stoppable-reader", daemon=True
+        )
+        self._thread.start()
+
+    def _read(self, iterable: Iterable) -> None:
+        iterator = iter(iterable)
+        while self._asked.get():
+            try:
+                self._results.put((True, next(iterator)))
+            except BaseException as err:  # handed to the caller, raised there
+                self._results.put((False, err))
+                return
+
+    def next(self, watch: bool = True):
+        """The next item; None when ``watch`` and a stop is requested before it arrives (then
+        the read goes on, and a later call returns its item). Raises what reading raised."""
+        if watch and self.stop.local():
+            return None
+        if not self._pending:
+            self._asked.put(True)
+            self._pending = True
+        while True:
+            try:
+                ok, value = self._results.get(timeout=self.poll_s)
+            except queue.Empty:
+                if watch and self.stop.local():
+                    return None
+                continue
+            self._pending = False
+            if ok:
+                return value
+            raise value
+
+    def close(self) -> None:
+        """End the thread once its current read (if any) returns."""
+        self._asked.put(False)
 
 
 def peak_memory_mb(device: torch.device) -> tuple[float, str]:

@@ -1,18 +1,32 @@
-"""Checkpoint folders (which are complete, which one a resume picks), initial weights, and
-loading a trained model back."""
+"""Checkpoint folders (which are complete, which one a resume picks, saves that fail, what
+killed saves leave, damaged RNG states), initial weights, and loading a trained model back."""
 
+import errno
+import os
+import pickle
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
 
 from pare.checkpoint import (
+    CHECKPOINTS,
     COMPLETE,
+    DamagedCheckpoint,
+    SaveError,
+    check_rng_states,
     checkpoint_dir,
     complete_checkpoints,
     export_weights,
     load_initial_weights,
     load_trained_model,
     load_weights,
+    remove_unfinished,
     resolve_resume,
+    save_checkpoint,
 )
 from pare.config import ConfigError, load_config, save_config
 from pare.models import build_model
@@ -140,7 +154,6 @@ def test_an_evaluation_is_best_only_when_its_pa_mpjpe_is_lower(tmp_path):
 
 def test_training_starts_from_train_init_weights(tmp_path):
     import importlib.util
-    from pathlib import Path
 
     spec = importlib.util.spec_from_file_location(
         "train_script", Path(__file__).parents[1] / "train" / "train.py"
@@ -180,3 +193,138 @@ def test_a_trained_model_loads_without_its_pretrained_backbone_file(tmp_path):
     assert loaded_cfg.model.backbone_weights == f"{tmp_path}/absent.pth" and meta["step"] == 3
     for name, value in model.state_dict().items():
         assert torch.equal(loaded.state_dict()[name], value), name
+
+
+class _OneProcess:
+    """What save_checkpoint uses of an Accelerator, for one process; ``save_state`` writes with
+    ``write(folder)`` (Accelerate's files, or a failure)."""
+
+    is_main_process, num_processes = True, 1
+
+    def __init__(self, write):
+        self.write = write
+
+    def wait_for_everyone(self):
+        pass
+
+    def save_state(self, folder):
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        self.write(Path(folder))
+
+
+def _write_files(folder):
+    for name in ("model.safetensors", "optimizer.bin", "random_states_0.pkl"):
+        (folder / name).write_bytes(b"\0" * 100)
+
+
+def _disk_full_after_some_bytes(folder):
+    (folder / "model.safetensors").write_bytes(b"\0" * 100)
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(folder / "optimizer.bin"))
+
+
+def _torch_disk_full(folder):  # torch's zip writer on a full disk: no errno, no words
+    (folder / "optimizer.bin").write_bytes(b"\0" * 100)
+    raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534")
+
+
+@pytest.mark.parametrize("failure", [_disk_full_after_some_bytes, _torch_disk_full])
+def test_a_save_on_a_full_disk_says_so_and_leaves_no_partial_folder(tmp_path, monkeypatch, failure):
+    kept = save_checkpoint(_OneProcess(_write_files), tmp_path, 5, keep=3, counters={"a": 1})
+    if failure is _torch_disk_full:  # only the free space tells; here, none
+        usage = shutil.disk_usage(tmp_path)
+        monkeypatch.setattr(shutil, "disk_usage", lambda p: usage._replace(free=4096))
+    with pytest.raises(SaveError) as err:
+        save_checkpoint(_OneProcess(failure), tmp_path, 10, keep=3, counters={"a": 2})
+    message = str(err.value)
+    assert "\n" not in message
+    assert message.startswith(
+        f"no space left on device while saving checkpoint {checkpoint_dir(tmp_path, 10)} ("
+    )
+    assert "train.output_dir" in message and "train.keep_checkpoints, now 3" in message
+    assert f"the last complete checkpoint, {kept}, is kept" in message
+    assert sorted(p.name for p in (tmp_path / CHECKPOINTS).iterdir()) == ["step-0000005"]
+    assert complete_checkpoints(tmp_path) == [kept]
+    # With space again, the same step saves normally.
+    save_checkpoint(_OneProcess(_write_files), tmp_path, 10, keep=3, counters={"a": 2})
+    assert [p.name for p in complete_checkpoints(tmp_path)] == ["step-0000005", "step-0000010"]
+
+
+def test_a_weights_file_that_does_not_fit_leaves_no_temporary_file(tmp_path, monkeypatch):
+    import safetensors.torch
+
+    def full(state, path, metadata=None):
+        Path(path).write_bytes(b"\0" * 10)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full)
+    model, _ = _model()
+    with pytest.raises(SaveError, match=r"^no space left on device while saving weights .*best"):
+        export_weights(model, tmp_path / "best" / "model.safetensors")
+    assert list((tmp_path / "best").iterdir()) == []
+
+
+def test_unfinished_checkpoint_folders_are_removed_and_complete_ones_kept(tmp_path):
+    root = tmp_path / CHECKPOINTS
+    for name in ("step-0000005", "step-0000010", "step-0000015.tmp", "other"):
+        (root / name).mkdir(parents=True)
+        (root / name / "model.safetensors").write_bytes(b"\0")
+    for name in (COMPLETE, "trainer_state.json"):
+        (root / "step-0000005" / name).touch()
+    # step-0000010: its marker removed by a prune that was killed; 15.tmp: a killed save
+    removed = remove_unfinished(tmp_path)
+    assert sorted(p.name for p in removed) == ["step-0000010", "step-0000015.tmp"]
+    assert sorted(p.name for p in root.iterdir()) == ["other", "step-0000005"]
+    assert remove_unfinished(tmp_path / "fresh") == []
+
+
+def _rng_states():
+    """A random_states_<rank>.pkl as accelerate's save_state writes it."""
+    return {
+        "step": 0,
+        "random_state": random.getstate(),
+        "numpy_random_seed": np.random.RandomState(0).get_state(),
+        "torch_manual_seed": torch.get_rng_state(),
+    }
+
+
+class _RunsCode:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+def test_a_damaged_rng_state_is_named_before_accelerate_skips_it(tmp_path):
+    for step in (5, 10):
+        folder = checkpoint_dir(tmp_path, step)
+        folder.mkdir(parents=True)
+        for name in (COMPLETE, "model.safetensors", "trainer_state.json"):
+            (folder / name).touch()
+        for rank in (0, 1):
+            torch.save(_rng_states(), folder / f"random_states_{rank}.pkl")
+    folder = checkpoint_dir(tmp_path, 10)
+    assert check_rng_states(folder, 2) == []
+    assert check_rng_states(folder, 3) == [2]  # saved by fewer processes: not damage
+    rng = folder / "random_states_1.pkl"
+    good = rng.read_bytes()
+    marker = tmp_path / "code-ran"
+    damaged = {
+        "truncated": good[: len(good) // 2],
+        "garbage": os.urandom(len(good)),
+        "a pickle that runs code": pickle.dumps(_RunsCode(marker)),
+        "another object": pickle.dumps({"random_state": "not a state"}),
+    }
+    for what, data in damaged.items():
+        rng.write_bytes(data)
+        with pytest.raises(DamagedCheckpoint) as err:
+            check_rng_states(folder, 2)
+        message = str(err.value)
+        assert message.startswith(f"{rng} is truncated or damaged ("), what
+        assert f"train.resume={checkpoint_dir(tmp_path, 5)}" in message and "\n" not in message
+    assert not marker.exists()
+    # The oldest checkpoint damaged: nothing earlier to resume from.
+    (checkpoint_dir(tmp_path, 5) / "random_states_0.pkl").write_bytes(b"\0" * 10)
+    with pytest.raises(DamagedCheckpoint, match=r"delete .*step-0000005 and start afresh, or"):
+        check_rng_states(checkpoint_dir(tmp_path, 5), 2)

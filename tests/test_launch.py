@@ -1,14 +1,21 @@
-"""Launch checks and stop requests."""
+"""Launch checks, stop requests, and waiting for data while listening for them."""
 
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
 
-from pare.launch import LaunchError, StopRequest, _launcher_processes, check_launch
+from pare.launch import (
+    LaunchError,
+    StoppableReader,
+    StopRequest,
+    _launcher_processes,
+    check_launch,
+)
 
 
 def test_launcher_process_count_is_read_from_the_parent_command_line():
@@ -55,3 +62,42 @@ def test_stop_requests_from_file_budget_and_signal(tmp_path):
     finally:
         stop.uninstall()
     assert signal.getsignal(signal.SIGUSR1) is signal.SIG_DFL
+
+
+def _slow_then_stuck(release):
+    """1, then 2 once ``release`` is set, then nothing ever (a stalled read)."""
+    yield 1
+    release.wait()
+    yield 2
+    threading.Event().wait()
+
+
+def test_a_reader_waiting_for_data_hears_a_stop_request(tmp_path):
+    """A trainer calling next() on its loader itself only saw a stop once the batch came."""
+    release = threading.Event()
+    stop = StopRequest(tmp_path).install()
+    try:
+        reader = StoppableReader(_slow_then_stuck(release), stop, poll_s=0.05)
+        assert reader.next() == 1
+        threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGUSR1)).start()
+        start = time.monotonic()
+        assert reader.next() is None and stop.reason == "SIGUSR1"
+        assert time.monotonic() - start < 2
+        # The read goes on: unwatched, the item it was waiting for still comes.
+        threading.Timer(0.2, release.set).start()
+        assert reader.next(watch=False) == 2
+        assert reader.next() is None  # asked to stop: no waiting at all
+        reader.close()
+    finally:
+        stop.uninstall()
+
+
+def test_a_reader_raises_what_reading_raised(tmp_path):
+    def broken():
+        yield 1
+        raise ValueError("shard 3 cannot be read")
+
+    reader = StoppableReader(broken(), StopRequest(tmp_path))
+    assert reader.next() == 1
+    with pytest.raises(ValueError, match="shard 3 cannot be read"):
+        reader.next()

@@ -4,8 +4,8 @@
     ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 train/train.py ...
     python train/train.py --config configs/demo.yaml          # one process
 
-One loop, top to bottom: setup, build, resume, loop (data, forward, loss, backward, step, log,
-evaluate, checkpoint, stop), finish. Distributed and precision handling live here only.
+One loop, top to bottom: setup, build, resume, loop (data, stop, forward, loss, backward, step,
+log, evaluate, checkpoint), finish. Distributed and precision handling live here only.
 """
 
 from __future__ import annotations
@@ -23,8 +23,17 @@ from contextlib import contextmanager
 from itertools import islice
 from pathlib import Path
 
-from pare.config import Config, ConfigError, DataConfig, OptimConfig, load_config, save_config
-from pare.pretrained import check_backbone_weights
+from pare.config import (
+    Config,
+    ConfigError,
+    DataConfig,
+    DatasetSource,
+    OptimConfig,
+    load_config,
+    occluder_files,
+    save_config,
+)
+from pare.pretrained import BackboneWeightsError, check_backbone_weights
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -36,19 +45,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def load_run_config(argv: list[str] | None) -> Config:
     """The run's config from ``--config`` files and ``key=value`` overrides. Raises ConfigError
-    for a bad config, FileNotFoundError for a backbone weight file it names that is missing."""
+    for a bad config, FileNotFoundError for a backbone weight file it names that is missing,
+    BackboneWeightsError for one that is plainly truncated or not a checkpoint; ConfigError for
+    a missing or empty ``data.augment.occluders`` folder."""
     args = parse_args(argv)
     cfg = load_config(args.config, args.overrides)
     check_backbone_weights(cfg.model.backbone, cfg.model.backbone_weights)
+    if cfg.data.augment.occluders:  # checked here, not at load: evaluation reads run configs
+        occluder_files(cfg.data.augment.occluders)  # ConfigError naming a missing or empty folder
     return cfg
 
 
 if __name__ == "__main__":
     # Before the imports below (torch, timm, accelerate: seconds, 15 s on a busy 2-core machine),
-    # so a missing weight file or a bad key costs a second; main() loads the config again.
+    # so a missing or cut weight file or a bad key costs a second; main() loads the config again.
     try:
         load_run_config(sys.argv[1:])
-    except (ConfigError, FileNotFoundError) as err:
+    except (ConfigError, FileNotFoundError, BackboneWeightsError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
 
@@ -65,9 +78,13 @@ from pare.checkpoint import (  # noqa: E402
     CHECKPOINTS,
     DONE_MARKER,
     TRAINER_STATE,
+    DamagedCheckpoint,
+    SaveError,
     TrainState,
+    check_rng_states,
     export_weights,
     load_initial_weights,
+    remove_unfinished,
     resolve_resume,
     save_checkpoint,
     update_counters,
@@ -86,10 +103,11 @@ from pare.data.streaming.stream import (  # noqa: E402
     train_loader,
 )
 from pare.distributed import broadcast_buffers, parameters_in_sync  # noqa: E402
-from pare.evaluation import evaluate, metric_key  # noqa: E402
+from pare.evaluation import NonFiniteSample, evaluate, metric_key  # noqa: E402
 from pare.io_utils import write_json_atomic  # noqa: E402
 from pare.launch import (  # noqa: E402
     LaunchError,
+    StoppableReader,
     StopRequest,
     check_launch,
     peak_memory_mb,
@@ -100,6 +118,22 @@ from pare.models import PARE, build_model  # noqa: E402
 from pare.visualize import overlay  # noqa: E402
 
 log = logging.getLogger("pare.train")
+
+# What stops a run with one "error: ..." line and exit 2 (pare.launch.run_entry_point); scripts
+# that wrap main() (tests' fault injection) pass it on.
+ENTRY_ERRORS = (
+    ConfigError,
+    LaunchError,
+    FileNotFoundError,
+    DamagedManifest,
+    NoReadableShards,
+    BadSamples,
+    UnreadableShard,
+    BackboneWeightsError,
+    SaveError,
+    DamagedCheckpoint,
+    NonFiniteSample,
+)
 
 
 def lr_factor(step: int, warmup: int, schedule: str, max_steps: int) -> float:
@@ -116,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_run_config(argv)  # a missing backbone weight file stops the run here
     # Shards packed with another body model would train against the wrong ground truth.
     check_body_model([e.path for e in [*cfg.data.train, *cfg.data.val]], cfg.body.model_path)
+    val_urls, empty_val = validation_sources(cfg.data.val)  # all empty: stops here
     train_cfg = cfg.train
 
     # ------------------------------------------------------------------ setup
@@ -136,6 +171,8 @@ def main(argv: list[str] | None = None) -> int:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
     setup_logging(run_dir, main_process)
+    if empty_val:
+        log.warning("data.val: %s hold 0 samples; evaluating on the others", ", ".join(empty_val))
     set_seed(train_cfg.seed)  # the same initial weights on every rank
     device = accelerator.device
 
@@ -148,7 +185,6 @@ def main(argv: list[str] | None = None) -> int:
         model = torch.compile(model)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     sources = sources_from_config(cfg.data.train)
-    val_urls = [u for entry in cfg.data.val for u in shard_urls(entry.path)]
     gt_bodies = SMPLBody(cfg.body.model_path).to(device)
     faces = accelerator.unwrap_model(model).smpl.faces
 
@@ -160,8 +196,21 @@ def main(argv: list[str] | None = None) -> int:
         # Every rank runs the same steps, so rank 0's stream position is every rank's.
         return {"train": state.state_dict(), "stream": stream.state_dict()}
 
+    if main_process:  # before anything writes: a full disk needs their space for the next save
+        for folder in remove_unfinished(run_dir):
+            log.info("removed %s, left by a save or prune that did not finish", folder)
+    accelerator.wait_for_everyone()
     resume_dir = resolve_resume(run_dir, train_cfg.resume)
     if resume_dir is not None:
+        # Accelerate would resume past a damaged RNG state file with a note at info level.
+        missing = check_rng_states(resume_dir, accelerator.num_processes)
+        if missing:
+            log.warning(
+                "%s holds no random state for ranks %s (saved by fewer processes?): they go on "
+                "from their current state, so the run does not repeat an uninterrupted one",
+                resume_dir,
+                missing,
+            )
         accelerator.load_state(str(resume_dir))
         saved = json.loads((resume_dir / TRAINER_STATE).read_text())
         state.load_state_dict(saved["train"])
@@ -180,17 +229,51 @@ def main(argv: list[str] | None = None) -> int:
         log.info("removed %s left by the previous run", stop.stop_file)
     accelerator.wait_for_everyone()
     bar = tqdm(total=train_cfg.max_steps, initial=state.step, disable=not main_process, unit="step")
-    batches = training_batches(sources, cfg.data, stream)
+    # Batches are read in a background thread while this one waits watching `stop`: a stop
+    # request acts within a fraction of a second even when the next batch takes minutes (a
+    # source on a stalled network filesystem), where a next() of its own would be deaf to it.
+    reader = StoppableReader(
+        training_batches(sources, cfg.data, stream.epoch, stream.batches, stream.seed), stop
+    )
     losses, timer = LossMeter(), StepTimer(state.step)
     nonfinite_in_a_row, stopped = 0, ""
+    start_step, saved_step = state.step, None  # saved_step: the last save of this process
+    micro_batches = 0  # trained since the last optimiser step (gradient accumulation)
     grad_norm = torch.zeros(())
     model.train()
+
+    def checkpoint() -> None:
+        """Save the training state of ``state.step``; when this run saved it already (before
+        evaluating), add the evaluation's result to that checkpoint instead."""
+        nonlocal saved_step
+        if saved_step == state.step:
+            update_counters(accelerator, run_dir, state.step, counters())
+        else:
+            save_checkpoint(accelerator, run_dir, state.step, keep, counters())
+            saved_step = state.step
+
     try:
-        while state.step < train_cfg.max_steps and not stopped:
-            # -- data
+        while state.step < train_cfg.max_steps:
+            # -- data; a stop request ends the wait only between optimiser steps, where the
+            # state is whole (mid-accumulation, the accumulated gradients are in no checkpoint)
+            step_start = micro_batches == 0
+            fetched = reader.next(watch=step_start)
+
+            # -- stop: collective (every rank checks at the same step), and before this step's
+            # first other collective (DDP's, in forward and backward). A rank that gave up
+            # waiting for its batch meets the others here, where they wait with theirs; all
+            # drop the new batch and save the last completed step, whose stream position and
+            # RNG state are the ones an uninterrupted run had there.
+            if step_start:
+                if fetched is None or stop.local():
+                    accelerator.set_trigger()
+                if accelerator.check_trigger():
+                    stopped = stop.reason or "another rank asked to stop"
+                    break
+            host_batch, (stream.epoch, stream.batches) = fetched
             batch = {
                 k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v
-                for k, v in next(batches).items()
+                for k, v in host_batch.items()
             }
             images = normalize_images(batch["image"])  # (B, 3, S, S) float, S = data.crop_size
             if train_cfg.channels_last:
@@ -216,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
                     if accelerator.sync_gradients:
                         scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
-            stream.batches += 1
+            micro_batches += 1
             timer.compute_done(len(batch["__key__"]) * accelerator.num_processes)
 
             if finite:
@@ -239,6 +322,7 @@ def main(argv: list[str] | None = None) -> int:
             if not accelerator.sync_gradients:
                 timer.restart()
                 continue
+            micro_batches = 0
             state.step += 1
             bar.update(1)
 
@@ -273,26 +357,17 @@ def main(argv: list[str] | None = None) -> int:
 
             # -- evaluate, with the training state saved first: a damaged validation shard
             # stops the run (naming it) without losing the steps since the last checkpoint
-            saved_at = None
             if val_urls and due(state.step, train_cfg.eval_every, train_cfg.max_steps):
                 with timer.paused():  # not training time
-                    save_checkpoint(accelerator, run_dir, state.step, keep, counters())
-                    saved_at = state.step
+                    checkpoint()
                     validate(accelerator, model, val_urls, cfg.data, gt_bodies, state, run_dir)
 
-            # -- checkpoint and stop (collective: every rank checks at the same step)
-            if stop.local():
-                accelerator.set_trigger()
-            if accelerator.check_trigger():
-                stopped = stop.reason or "another rank asked to stop"
-            if stopped or due(state.step, train_cfg.checkpoint_every, train_cfg.max_steps):
-                if saved_at == state.step:  # saved before evaluating: add the evaluation's result
-                    if main_process:
-                        update_counters(run_dir, state.step, counters())
-                    accelerator.wait_for_everyone()
-                else:
-                    save_checkpoint(accelerator, run_dir, state.step, keep, counters())
+            # -- checkpoint (after evaluating: adds its result to the checkpoint saved before)
+            if due(state.step, train_cfg.checkpoint_every, train_cfg.max_steps):
+                checkpoint()
             timer.restart()
+        if stopped and state.step > start_step:  # the state of the last completed step
+            checkpoint()
 
         # ------------------------------------------------------------------ finish
         if not parameters_in_sync(accelerator, model):
@@ -335,6 +410,7 @@ def main(argv: list[str] | None = None) -> int:
             run_dir / "model.safetensors",
         )
     finally:
+        reader.close()
         stop.uninstall()
         bar.close()
         accelerator.end_training()
@@ -409,16 +485,53 @@ def start_wandb(
     )
 
 
-def training_batches(sources, data: DataConfig, stream: StreamState) -> Iterator[dict]:
-    """Training batches, epoch after epoch, from the stream's position: a resumed epoch skips
-    the batches it already trained on. The caller counts ``stream.batches``; the epoch moves on
-    here when one runs out."""
+def training_batches(
+    sources, data: DataConfig, epoch: int, batches: int, seed: int
+) -> Iterator[tuple[dict, tuple[int, int]]]:
+    """``(batch, (epoch, batches))``, epoch after epoch from the stream position ``epoch``,
+    ``batches`` (consumed of that epoch): a resumed epoch skips the batches it already trained
+    on, one saved at its end goes on with the next. Each batch comes with the position after it;
+    the caller records the position of each batch it trains on (this runs in the reader's
+    thread and keeps no state of the caller's)."""
     while True:
-        loader = train_loader(
-            sources, data, data.steps_per_epoch, epoch=stream.epoch, seed=stream.seed
+        if batches < data.steps_per_epoch:
+            loader = train_loader(sources, data, data.steps_per_epoch, epoch=epoch, seed=seed)
+            for done, batch in enumerate(islice(loader, batches, None), start=batches + 1):
+                yield batch, (epoch, done)
+        epoch, batches = epoch + 1, 0
+
+
+def validation_sources(entries: list[DatasetSource]) -> tuple[list[str], list[str]]:
+    """The shard URLs of ``data.val`` and the sources that hold no sample (no shard, or a
+    manifest whose shards count none). Raises ConfigError when every source is empty.
+
+    Stopping (exit 2) rather than warning: ``data.val`` is how a run asks for evaluation
+    (``data.val=[]`` trains without), so a list of empty splits means the run would end
+    without a validation number or ``best/`` weights, found out hours later; stopping at
+    start costs nothing. Some empty sources among others only warn: evaluation still runs."""
+    urls, empty = [], []
+    for entry in entries:
+        found = shard_urls(entry.path)
+        if found and _manifest_samples(entry.path) != 0:
+            urls += found
+        else:
+            empty.append(entry.path)
+    if entries and not urls:
+        raise ConfigError(
+            f"every data.val source holds 0 samples ({', '.join(empty)}): the run would never "
+            "evaluate; repack the split, or set data.val=[] to train without evaluation"
         )
-        yield from islice(loader, stream.batches, None)
-        stream.epoch, stream.batches = stream.epoch + 1, 0
+    return urls, empty
+
+
+def _manifest_samples(path: str) -> int | None:
+    """Samples a local split's manifest counts (None: no local manifest to ask)."""
+    p = Path(path)
+    manifest = p / "manifest.json" if p.is_dir() else p
+    if manifest.suffix != ".json" or not manifest.is_file():
+        return None
+    shards = json.loads(manifest.read_text()).get("shardlist", [])  # read by shard_urls already
+    return sum(int(s.get("nsamples", 1)) for s in shards)
 
 
 def build_training_model(cfg: Config) -> torch.nn.Module:
@@ -579,15 +692,4 @@ def log_overlay(accelerator, run_dir: Path, step: int, batch: dict, pred: dict, 
 
 
 if __name__ == "__main__":
-    run_entry_point(
-        main,
-        (
-            ConfigError,
-            LaunchError,
-            FileNotFoundError,
-            DamagedManifest,
-            NoReadableShards,
-            BadSamples,
-            UnreadableShard,
-        ),
-    )
+    run_entry_point(main, ENTRY_ERRORS)

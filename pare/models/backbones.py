@@ -19,7 +19,13 @@ import timm
 import torch
 from torch import nn
 
-from pare.pretrained import RANDOM, TIMM, check_backbone_weights, needs_file
+from pare.pretrained import (
+    RANDOM,
+    TIMM,
+    check_backbone_weights,
+    damaged_weights,
+    needs_file,
+)
 
 HRNETS = ("hrnet_w32", "hrnet_w18_small")
 RESNETS = ("resnet50", "resnet18")
@@ -80,8 +86,10 @@ class ResNetLayer4(nn.Module):
 def build_backbone(name: str, weights: str = RANDOM, align_corners: bool = False) -> nn.Module:
     """A backbone with ``out_channels`` and ``out_stride``; see the module docstring for
     ``weights``; ``align_corners`` is the HRNet fusion's upsampling mode (PARE: True). Raises
-    ValueError for an unknown name or a checkpoint that does not fit, FileNotFoundError (before
-    anything is built) for a weight file that does not exist."""
+    ValueError for an unknown name, :class:`pare.pretrained.BackboneWeightsError` (a ValueError;
+    one line naming the file and the fix) for a weight file that is damaged, not a checkpoint or
+    a checkpoint that does not fit, FileNotFoundError (before anything is built) for a weight
+    file that does not exist."""
     if name not in HRNETS + RESNETS:
         raise ValueError(f"unknown backbone {name!r}; choose one of {list(HRNETS + RESNETS)}")
     check_backbone_weights(name, weights)
@@ -91,7 +99,7 @@ def build_backbone(name: str, weights: str = RANDOM, align_corners: bool = False
     else:
         backbone = ResNetLayer4(name, pretrained)
     if needs_file(weights):
-        load_backbone_weights(backbone.body, weights)
+        load_backbone_weights(backbone.body, weights, name)
     return backbone
 
 
@@ -123,48 +131,67 @@ def map_checkpoint_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
     return mapped
 
 
-def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
-    """A state dict from ``.safetensors`` or a torch file (``weights_only``: no code runs)."""
+def read_checkpoint(path: str | Path, name: str = "") -> dict[str, torch.Tensor]:
+    """A state dict from ``.safetensors`` or a torch file (``weights_only``: no code runs).
+    Raises FileNotFoundError, or :class:`BackboneWeightsError` naming the file when it cannot
+    be read (truncated, damaged) or holds no state dict; ``name`` (the backbone) says where to
+    get the file again."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(
             f"backbone weights not found: {path}. Set model.backbone_weights to a local "
             f".pth/.safetensors file, '{TIMM}' for timm's pretrained weights, or '{RANDOM}'."
         )
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
+    kind = "safetensors file" if path.suffix == ".safetensors" else "weights-only torch checkpoint"
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise ValueError(
-            f"{path} is not a readable weights-only torch checkpoint ({err}); re-save it as a "
-            "plain state dict or .safetensors"
-        ) from err
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch and safetensors raise their own types, many lines long
+        why = (
+            f"is not a readable {kind}: truncated, damaged or not a checkpoint ({_first_line(err)})"
+        )
+        raise damaged_weights(path, name, why) from None
     for wrapper in ("state_dict", "model", "model_state"):
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
             state = state[wrapper]
-    return state
+    if not isinstance(state, dict) or not any(torch.is_tensor(v) for v in state.values()):
+        raise damaged_weights(path, name, f"holds no state dict (a {type(state).__name__})")
+    return {k: v for k, v in state.items() if torch.is_tensor(v)}
 
 
-def load_backbone_weights(module: nn.Module, path: str | Path) -> None:
+def _first_line(err: Exception) -> str:
+    """One line of a loader's error: torch's weights-only refusal spans a dozen lines and says
+    what it refused on the one starting "WeightsUnpickler error"."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    line = next((x for x in lines if x.startswith("WeightsUnpickler error")), None)
+    line = line or (lines[0] if lines else "")
+    return f"{type(err).__name__}: {line[:200]}"
+
+
+def load_backbone_weights(module: nn.Module, path: str | Path, name: str = "") -> None:
     """Load a checkpoint into the timm feature extractor; anything unexpected is an error that
     names the keys (the COCO-keypoint HRNet's absent stage-4 fusions and BN step counters of old
-    checkpoints are expected). Raises FileNotFoundError or ValueError."""
-    state = map_checkpoint_keys(read_checkpoint(path))
+    checkpoints are expected). Raises FileNotFoundError or :class:`BackboneWeightsError`;
+    ``name`` (the backbone) says where to get the right file."""
+    state = map_checkpoint_keys(read_checkpoint(path, name))
     own = module.state_dict()
     shapes = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
     if shapes:
-        raise ValueError(
-            f"{path}: shape mismatch for {shapes[:5]} (a checkpoint of another backbone?)"
+        raise damaged_weights(
+            path, name, f"shape mismatch for {shapes[:5]} (a checkpoint of another backbone?)"
         )
     result = module.load_state_dict(state, strict=False)
     missing = [
         k for k in result.missing_keys if not (_POSE_HRNET_MISSING.match(k) or _COUNTERS.search(k))
     ]
     if missing or result.unexpected_keys:
-        raise ValueError(
-            f"{path} does not fit the backbone: missing {missing[:5]} ({len(missing)}), "
-            f"unexpected {result.unexpected_keys[:5]} ({len(result.unexpected_keys)})"
+        raise damaged_weights(
+            path,
+            name,
+            f"does not fit the backbone: missing {missing[:5]} ({len(missing)}), "
+            f"unexpected {result.unexpected_keys[:5]} ({len(result.unexpected_keys)})",
         )
