@@ -42,7 +42,9 @@ class LocalCluster:
                 f"SlurmctldPort={base}",
                 "AuthType=auth/munge",
                 "CredType=cred/munge",
-                f"AuthInfo=socket={self.socket}",
+                # cred_expire (default 120 s) is also how long a requeued job waits before it
+                # may start again: two minutes of the preemption test doing nothing.
+                f"AuthInfo=socket={self.socket},cred_expire=10",
                 "SlurmUser=root",
                 "SlurmdUser=root",
                 "ProctrackType=proctrack/linuxproc",
@@ -55,7 +57,9 @@ class LocalCluster:
                 "MpiDefault=none",
                 "JobRequeue=1",
                 "MinJobAge=600",
-                "SchedulerParameters=defer_batch=0",
+                # The requeued job, once it may start, waits for the next scheduling pass (by
+                # default up to 30 s for backfill, 60 s for the main loop).
+                "SchedulerParameters=defer_batch=0,bf_interval=1,sched_interval=1",
                 f"StateSaveLocation={r / 'state'}",
                 f"SlurmdSpoolDir={r / 'spool-%n'}",
                 f"SlurmctldPidFile={r / 'slurmctld.pid'}",

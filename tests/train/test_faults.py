@@ -11,13 +11,25 @@ import subprocess
 import sys
 import tarfile
 import time
+from functools import partial
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from tests.conftest import accelerate_launch
-from tests.train.test_train import ENV, TRAIN, _args, _logged_steps, _train
+from tests.train.conftest import TWO_PROCESS_EXTRA
+from tests.train.test_train import (
+    ENV,
+    RESUME_EXTRA,
+    TRAIN,
+    _args,
+    _concurrently,
+    _logged_steps,
+    _timed,
+    _train,
+    _train_into,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -38,16 +50,21 @@ def _only(source, args):
 
 
 @pytest.mark.parametrize("launch", ["2 loader workers", "2 processes"])
-def test_sigterm_to_the_process_group_saves_and_resumes_exactly(packed, tmp_path, launch):
+def test_sigterm_to_the_process_group_saves_and_resumes_exactly(packed, tmp_path, launch, request):
     """`timeout`, `kill -TERM -PGID` and SLURM job steps signal every process of the job: the
     loader workers too, which used to die first and crash the trainer before it saved."""
-    extra = ["train.max_steps=8", "train.log_every=1", "train.checkpoint_every=100"]
-    extra.append("data.num_workers=2" if launch == "2 loader workers" else "data.num_workers=1")
-    launcher, env = (), ENV
-    if launch == "2 processes":
+    # The uninterrupted run trains in the background while the interrupted one does.
+    if launch == "2 loader workers":
+        extra = [*RESUME_EXTRA, "data.num_workers=2"]
+        launcher, env = (), ENV
+        straight = tmp_path / "straight"
+        (reference,) = _concurrently(
+            partial(_train_into, straight, _args(packed, straight, *extra))
+        )
+    else:  # shared with test_train.py's DDP test (tests/train/conftest.py)
+        extra = list(TWO_PROCESS_EXTRA)
         launcher, env = accelerate_launch(2, 29541), dict(ENV, ACCELERATE_USE_CPU="1")
-    straight = tmp_path / "straight"
-    _train(_args(packed, straight, *extra), launcher, env=env)
+        reference = request.getfixturevalue("two_process_run")
 
     interrupted = tmp_path / "interrupted"
     cmd = [*(launcher or [sys.executable]), str(TRAIN), *_args(packed, interrupted, *extra)]
@@ -73,11 +90,12 @@ def test_sigterm_to_the_process_group_saves_and_resumes_exactly(packed, tmp_path
     if not launcher:  # the launcher itself reports the signal with its own exit status
         assert proc.returncode == 0, stderr[-3000:]
     stopped_at = int(checkpoints[0].name.split("-")[1])
-    assert 3 <= stopped_at < 8, "the signal arrived too late to test a resume"
+    assert 3 <= stopped_at < 10, "the signal arrived too late to test a resume"
     assert not (interrupted / "DONE").exists()
 
     _train(_args(packed, interrupted, *extra, "train.resume=auto"), launcher, env=env)
-    assert json.loads((interrupted / "DONE").read_text())["step"] == 8
+    assert json.loads((interrupted / "DONE").read_text())["step"] == 10
+    straight = reference.result()
     a = load_file(str(straight / "model.safetensors"))
     b = load_file(str(interrupted / "model.safetensors"))
     for name in a:
@@ -87,24 +105,52 @@ def test_sigterm_to_the_process_group_saves_and_resumes_exactly(packed, tmp_path
 # ------------------------------------------------------------------ shards that cannot be read
 
 
-@pytest.mark.parametrize("fault", ["shards deleted", "shards unreadable"])
-@pytest.mark.parametrize("workers", [0, 1])
-def test_training_source_without_a_readable_shard_stops_naming_it(packed, tmp_path, fault, workers):
+UNREADABLE_FAULTS = ("shards deleted", "shards unreadable", "shards of another size")
+EXPECTED = {
+    "shards deleted": "none of the",  # at start: the manifest lists files that are gone
+    "shards unreadable": "no shard of",  # when read: same sizes, not tar files
+    "shards of another size": "bytes but",  # at start: another pack's shards, or cut copies
+}
+LOADER_WORKERS = (0, 1)
+
+
+@pytest.fixture(scope="module")
+def unreadable_source_runs(packed, tmp_path_factory):
+    """Every case of the test below, started side by side (each stops within seconds of
+    starting): (fault, workers) -> (the split, a future of (completed run, seconds))."""
+    cases = {}
+    for fault in UNREADABLE_FAULTS:
+        for workers in LOADER_WORKERS:
+            tmp_path = tmp_path_factory.mktemp("unreadable")
+            split = _copy_split(packed, "3dpw", tmp_path)
+            for shard in split.glob("*.tar"):
+                if fault == "shards deleted":
+                    shard.unlink()
+                elif fault == "shards unreadable":  # the size the manifest lists: read fails
+                    size = shard.stat().st_size
+                    shard.write_bytes((b"\x01not a tar file" * (size // 15 + 1))[:size])
+                else:
+                    shard.write_bytes(b"\x00not a tar file" * 100)
+            args = _only(split, _args(packed, tmp_path / "run", "train.max_steps=2"))
+            args = [*args, f"data.num_workers={workers}"]
+            cases[fault, workers] = split, partial(_train, args, check=False, timeout=180)
+    runs = _concurrently(*(partial(_timed, call) for _, call in cases.values()))
+    return {key: (split, run) for (key, (split, _)), run in zip(cases.items(), runs, strict=True)}
+
+
+@pytest.mark.parametrize("fault", UNREADABLE_FAULTS)
+@pytest.mark.parametrize("workers", LOADER_WORKERS)
+def test_training_source_without_a_readable_shard_stops_naming_it(
+    unreadable_source_runs, fault, workers
+):
     """It used to wait forever, printing warnings, deaf to SIGTERM."""
-    split = _copy_split(packed, "3dpw", tmp_path)
-    for shard in split.glob("*.tar"):
-        if fault == "shards deleted":
-            shard.unlink()
-        else:
-            shard.write_bytes(b"\x00not a tar file" * 100)
-    args = _only(split, _args(packed, tmp_path / "run", "train.max_steps=2"))
-    start = time.monotonic()
-    out = _train([*args, f"data.num_workers={workers}"], check=False, timeout=180)
+    split, run = unreadable_source_runs[fault, workers]
+    out, seconds = run.result()
     assert out.returncode == 2, out.stderr[-3000:]
     last = out.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and str(split) in last, out.stderr[-3000:]
-    assert ("none of the" if fault == "shards deleted" else "no shard of") in last
-    assert time.monotonic() - start < 120
+    assert EXPECTED[fault] in last, last
+    assert seconds < 120
 
 
 # ------------------------------------------------------------------ damaged samples
@@ -132,40 +178,73 @@ def test_damaged_samples_are_skipped_named_and_limited(packed, tmp_path):
     keys = _damage_images(shard)
     run = tmp_path / "run"
     args = _only(split, _args(packed, run, "train.max_steps=3", "train.log_every=1"))
-    _train(args)  # completes
+    # The run that completes, and (checked below) the strict one, side by side.
+    completes, strict = _concurrently(
+        partial(_train, args),
+        partial(
+            _train,
+            [*args, "data.max_bad_samples=0", f"train.output_dir={tmp_path / 'strict'}"],
+            check=False,
+        ),
+    )
+    completes.result()
     skipped = [x for x in (run / "train.log").read_text().splitlines() if "unreadable" in x]
     assert skipped, "no skipped sample was logged"
     assert all(shard.name in x for x in skipped)
     assert any(key in x for x in skipped for key in keys)
     assert json.loads((run / "DONE").read_text())["step"] == 3
 
-    out = _train(
-        [*args, "data.max_bad_samples=0", f"train.output_dir={tmp_path / 'strict'}"], check=False
-    )
+    out = strict.result()
     assert out.returncode == 2, out.stderr[-3000:]
     last = out.stderr.strip().splitlines()[-1]
     assert "data.max_bad_samples=0" in last and shard.name in last, out.stderr[-3000:]
 
 
-@pytest.mark.parametrize("cut", ["inside a member", "at a member boundary"])
-def test_a_damaged_validation_shard_stops_after_saving(packed, tmp_path, cut):
+CUTS = ("inside a member", "at a member boundary")
+
+
+@pytest.fixture(scope="module")
+def damaged_validation_runs(packed, tmp_path_factory):
+    """Both cases of the test below, started side by side: cut -> (the damaged shard, the run
+    folder, a future of the completed run)."""
+    cases = {}
+    for cut in CUTS:
+        tmp_path = tmp_path_factory.mktemp("damaged_val")
+        val = _copy_split(packed, "3dpw_val", tmp_path)
+        shard = sorted(val.glob("*.tar"))[0]
+        with tarfile.open(shard) as tar:
+            members = tar.getmembers()
+        # Damage the second sample in place, at the size the manifest lists (a shard of another
+        # size is refused before training starts, see above): its npz overwritten, or its npz
+        # member lost (the rest of the archive moved up, zeros to the end).
+        last = [m for m in members if m.name.endswith(".npz")][1]
+        data = bytearray(shard.read_bytes())
+        if cut == "inside a member":
+            data[last.offset_data : last.offset_data + 64] = b"\xff" * 64
+        else:
+            end = last.offset_data + -(-last.size // 512) * 512  # past the member's blocks
+            data = data[: last.offset] + data[end:] + bytes(end - last.offset)
+        shard.write_bytes(bytes(data))
+        run = tmp_path / "run"
+        args = _args(
+            packed, run, "train.max_steps=2", "train.eval_every=2", "train.checkpoint_every=100"
+        )
+        args = [a for a in args if not a.startswith("data.val=")]
+        args = [*args, f"data.val=[{{path: {val}, weight: 1.0}}]"]
+        cases[cut] = shard, run, partial(_train, args, check=False)
+    runs = _concurrently(*(call for _, _, call in cases.values()))
+    return {
+        cut: (shard, run, future)
+        for (cut, (shard, run, _)), future in zip(cases.items(), runs, strict=True)
+    }
+
+
+@pytest.mark.parametrize("cut", CUTS)
+def test_a_damaged_validation_shard_stops_after_saving(damaged_validation_runs, cut):
     """In-loop evaluation used to crash on a truncated validation shard and lose the steps since
     the last checkpoint: the state is saved before evaluating, and the error names the shard."""
-    val = _copy_split(packed, "3dpw_val", tmp_path)
-    shard = sorted(val.glob("*.tar"))[0]
-    with tarfile.open(shard) as tar:
-        members = tar.getmembers()
-    # Cut inside the second sample's last member, or just before it (its npz lost).
-    last = [m for m in members if m.name.endswith(".npz")][1]
-    end = last.offset_data + (last.size // 2 if cut == "inside a member" else 0)
-    end = end if cut == "inside a member" else last.offset
-    shard.write_bytes(shard.read_bytes()[:end])
-    run = tmp_path / "run"
-    args = _args(
-        packed, run, "train.max_steps=2", "train.eval_every=2", "train.checkpoint_every=100"
-    )
-    args = [a for a in args if not a.startswith("data.val=")]
-    out = _train([*args, f"data.val=[{{path: {val}, weight: 1.0}}]"], check=False)
+    shard, run, future = damaged_validation_runs[cut]
+    out = future.result()
     assert out.returncode == 2, out.stderr[-3000:]
     last_line = out.stderr.strip().splitlines()[-1]
     assert last_line.startswith("error: ") and shard.name in last_line, out.stderr[-3000:]

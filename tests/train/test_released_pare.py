@@ -6,6 +6,7 @@ only has to be well-formed.)"""
 import json
 import subprocess
 import sys
+from functools import partial
 
 import pytest
 import torch
@@ -15,7 +16,7 @@ from safetensors.torch import load_file
 from pare.config import load_config
 from pare.convert import pare_name
 from pare.models import build_model
-from tests.train.test_train import ROOT, _args, _train
+from tests.train.test_train import ROOT, _args, _concurrently, _train
 
 pytestmark = pytest.mark.slow
 
@@ -62,7 +63,11 @@ def _pare_state(seed: int) -> dict[str, torch.Tensor]:
     return state
 
 
-def test_train_fine_tunes_from_a_converted_checkpoint(packed, tmp_path):
+@pytest.fixture(scope="module")
+def released(tmp_path_factory):
+    """A released-style checkpoint and its YAML, and their conversion (both tests below read
+    them, neither writes to them): (ckpt, yaml, converted folder)."""
+    tmp_path = tmp_path_factory.mktemp("released")
     ckpt, pare_yaml, converted = tmp_path / "p.ckpt", tmp_path / "p.yaml", tmp_path / "converted"
     torch.save({"state_dict": _pare_state(3), "epoch": 1, "global_step": 7}, ckpt)
     pare_yaml.write_text(yaml.safe_dump(PARE_YAML))
@@ -70,6 +75,11 @@ def test_train_fine_tunes_from_a_converted_checkpoint(packed, tmp_path):
     cmd += ["--cfg", str(pare_yaml), "--out", str(converted), "body.model_path=standin"]
     result = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0, result.stderr
+    return ckpt, pare_yaml, converted
+
+
+def test_train_fine_tunes_from_a_converted_checkpoint(packed, released, tmp_path):
+    _, _, converted = released
     # Training at learning rate 0 for two steps leaves every parameter where it started, so the
     # run's final weights show what it started from.
     run = tmp_path / "run"
@@ -88,26 +98,8 @@ def test_train_fine_tunes_from_a_converted_checkpoint(packed, tmp_path):
     assert not torch.equal(model.state_dict()["head.pose_weight"], start["head.pose_weight"])
 
 
-def test_evaluate_takes_the_converted_folder_or_the_ckpt_and_yaml(packed, tmp_path):
-    ckpt, pare_yaml, converted = tmp_path / "p.ckpt", tmp_path / "p.yaml", tmp_path / "converted"
-    torch.save({"state_dict": _pare_state(4), "epoch": 1, "global_step": 7}, ckpt)
-    pare_yaml.write_text(yaml.safe_dump(PARE_YAML))
-    script = [sys.executable, str(ROOT / "train" / "convert_pare.py")]
-    subprocess.run(
-        [
-            *script,
-            "--ckpt",
-            ckpt,
-            "--cfg",
-            pare_yaml,
-            "--out",
-            converted,
-            "body.model_path=standin",
-        ],
-        check=True,
-        capture_output=True,
-        cwd=ROOT,
-    )
+def test_evaluate_takes_the_converted_folder_or_the_ckpt_and_yaml(packed, released, tmp_path):
+    ckpt, pare_yaml, converted = released
     evaluate = [
         sys.executable,
         str(ROOT / "train" / "evaluate.py"),
@@ -118,11 +110,27 @@ def test_evaluate_takes_the_converted_folder_or_the_ckpt_and_yaml(packed, tmp_pa
         "folder": ["--checkpoint", converted],
         "ckpt": ["--checkpoint", ckpt, "--config", pare_yaml],
     }
+    overrides = ["body.model_path=standin", "data.num_workers=0"]
+    cmds = [
+        [*evaluate, *args, "--out", tmp_path / f"eval-{name}", *overrides]
+        for name, args in runs.items()
+    ]
+    # And without the YAML (checked last): the three launches side by side.
+    cmds.append([*evaluate, "--checkpoint", ckpt, "body.model_path=standin"])
+    *results, no_yaml = (
+        run.result()
+        for run in _concurrently(
+            *(
+                partial(
+                    subprocess.run, list(map(str, cmd)), capture_output=True, text=True, cwd=ROOT
+                )
+                for cmd in cmds
+            )
+        )
+    )
     reports = {}
-    for name, args in runs.items():
+    for name, result in zip(runs, results, strict=True):
         out = tmp_path / f"eval-{name}"
-        cmd = [*evaluate, *args, "--out", out, "body.model_path=standin", "data.num_workers=0"]
-        result = subprocess.run(list(map(str, cmd)), capture_output=True, text=True, cwd=ROOT)
         assert result.returncode == 0, result.stderr[-3000:]
         assert "PARE released (p.ckpt, resnet18)" in result.stdout
         reports[name] = json.loads((out / "eval.json").read_text())["3dpw"]
@@ -130,11 +138,5 @@ def test_evaluate_takes_the_converted_folder_or_the_ckpt_and_yaml(packed, tmp_pa
     assert folder["overall"]["samples"] > 0
     assert folder["overall"] == direct["overall"]
     # Without the YAML a .ckpt cannot be read: one line, exit 2.
-    result = subprocess.run(
-        list(map(str, [*evaluate, "--checkpoint", ckpt, "body.model_path=standin"])),
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-    )
-    assert result.returncode == 2
-    assert "pass the YAML released with it" in result.stderr
+    assert no_yaml.returncode == 2
+    assert "pass the YAML released with it" in no_yaml.stderr

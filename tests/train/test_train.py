@@ -7,6 +7,8 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +30,9 @@ TRAIN = ROOT / "train" / "train.py"
 # train.py with NaN losses at given steps (the first argument), for the non-finite guard.
 NONFINITE_TRAIN = Path(__file__).with_name("nonfinite_train.py")
 ENV = dict(os.environ, OMP_NUM_THREADS="1", WANDB_SILENT="true")
+# A run interrupted by SIGTERM after step 3 and resumed, against an uninterrupted one (here, and
+# per launch in test_faults.py).
+RESUME_EXTRA = ("train.max_steps=10", "train.log_every=1", "train.checkpoint_every=100")
 pytestmark = pytest.mark.slow
 
 
@@ -39,6 +44,9 @@ def _args(packed, out, *extra):
         f"data.train=[{{path: {packed / '3dpw'}, weight: 0.5}}, "
         f"{{path: {packed / 'mpii'}, weight: 0.5}}]",
         f"data.val=[{{path: {packed / '3dpw_val'}, weight: 1.0}}]",
+        # 128 rather than 224: a step takes a fifth of the time; nothing tested here is
+        # about the input size.
+        "data.crop_size=128",
         "data.batch_size=4",
         "data.num_workers=0",
         "data.shuffle_buffer=20",
@@ -69,6 +77,34 @@ def _script(name, *args):
     """Run one of train/'s scripts; the completed process."""
     cmd = [sys.executable, str(ROOT / "train" / name), *map(str, args)]
     return subprocess.run(cmd, env=ENV, capture_output=True, text=True)
+
+
+# Pools of _concurrently, waited for after each test (tests/train/conftest.py): no run started
+# by a test that failed early goes on competing with the next tests.
+POOLS: list[ThreadPoolExecutor] = []
+
+
+def _concurrently(*calls):
+    """Start each of ``calls`` (functions of no argument) in the background, two at a time;
+    their futures, in order (``.result()`` waits, and re-raises what the call raised). The CI
+    machine has two cores and a one-process run keeps one busy: runs a test needs that do not
+    depend on each other go side by side."""
+    pool = ThreadPoolExecutor(max_workers=2)
+    POOLS.append(pool)
+    return [pool.submit(call) for call in calls]
+
+
+def _timed(call):
+    """``call()`` and the seconds it took."""
+    start = time.monotonic()
+    result = call()
+    return result, time.monotonic() - start
+
+
+def _train_into(out, args, launcher=(), env=None):
+    """Train (``args`` write to ``out``) and return ``out``."""
+    _train(args, launcher, env=env)
+    return out
 
 
 def _logged_steps(run_dir):
@@ -139,10 +175,22 @@ def test_checkpoints_are_complete_pruned_and_weights_load(offline_run):
 
 
 def test_non_finite_steps_are_skipped_and_too_many_abort(packed, tmp_path):
-    # Every step non-finite but under the limit: no parameter moves (BatchNorm statistics do).
-    out = tmp_path / "skipped"
+    # Every step non-finite but under the limit; and past it (two runs, side by side).
+    out, abort_out = tmp_path / "skipped", tmp_path / "abort"
     extra = ["train.max_steps=3", "train.max_nonfinite_steps=5"]
-    _train(_args(packed, out, *extra), nan_at=[0, 1, 2])
+    abort_extra = [
+        "train.max_steps=8",
+        "train.checkpoint_every=2",
+        "train.max_nonfinite_steps=3",
+    ]
+    skipped, aborted = _concurrently(
+        partial(_train, _args(packed, out, *extra), nan_at=[0, 1, 2]),
+        partial(
+            _train, _args(packed, abort_out, *abort_extra), check=False, nan_at=[3, 4, 5, 6, 7]
+        ),
+    )
+    # Under the limit: no parameter moves (BatchNorm statistics do).
+    skipped.result()
     cfg = load_config([out / "config.yaml"], [])
     torch.manual_seed(0)
     from accelerate.utils import set_seed
@@ -153,25 +201,21 @@ def test_non_finite_steps_are_skipped_and_too_many_abort(packed, tmp_path):
     for name, value in initial.items():
         assert torch.equal(final[name], value.detach()), name
     # Past the limit: a clear error, a non-zero exit, and the last good checkpoint kept.
-    out = tmp_path / "abort"
-    extra = [
-        "train.max_steps=8",
-        "train.checkpoint_every=2",
-        "train.max_nonfinite_steps=3",
-    ]
-    result = _train(_args(packed, out, *extra), check=False, nan_at=[3, 4, 5, 6, 7])
+    result = aborted.result()
     assert result.returncode != 0
     assert "3 non-finite losses in a row" in result.stderr
     # Steps 4-6 are non-finite: the abort comes after step 6 and saves nothing; the checkpoints
     # already written (a skipped step leaves the weights as they were) stay.
-    saved = sorted(p.name for p in (out / "checkpoints").iterdir())
+    saved = sorted(p.name for p in (abort_out / "checkpoints").iterdir())
     assert saved == ["step-0000002", "step-0000004"]
 
 
 def test_resume_after_sigterm_matches_an_uninterrupted_run(packed, tmp_path):
-    extra = ["train.max_steps=8", "train.log_every=1", "train.checkpoint_every=100"]
-    straight = tmp_path / "straight"
-    _train(_args(packed, straight, *extra))
+    extra = RESUME_EXTRA
+    # The uninterrupted run, in the background while the interrupted one trains.
+    (reference,) = _concurrently(
+        partial(_train_into, tmp_path / "straight", _args(packed, tmp_path / "straight", *extra))
+    )
 
     interrupted = tmp_path / "interrupted"
     cmd = [sys.executable, str(TRAIN), *_args(packed, interrupted, *extra)]
@@ -187,13 +231,14 @@ def test_resume_after_sigterm_matches_an_uninterrupted_run(packed, tmp_path):
     assert proc.returncode == 0, stderr[-3000:]
     (checkpoint,) = (interrupted / "checkpoints").iterdir()
     stopped_at = int(checkpoint.name.split("-")[1])
-    assert 3 <= stopped_at < 8, "the signal arrived too late to test a resume"
+    assert 3 <= stopped_at < 10, "the signal arrived too late to test a resume"
     assert "stopped (SIGTERM)" in (interrupted / "train.log").read_text()
     assert not (interrupted / "DONE").exists()  # a job script would requeue this run
 
     _train(_args(packed, interrupted, *extra, "train.resume=auto"))
-    assert json.loads((interrupted / "DONE").read_text())["step"] == 8
-    assert _logged_steps(interrupted) == list(range(1, 9))  # no step lost or repeated
+    assert json.loads((interrupted / "DONE").read_text())["step"] == 10
+    assert _logged_steps(interrupted) == list(range(1, 11))  # no step lost or repeated
+    straight = reference.result()
     a = load_file(str(straight / "model.safetensors"))
     b = load_file(str(interrupted / "model.safetensors"))
     for name in a:
@@ -208,19 +253,28 @@ def test_two_cpu_processes_match_one_process_with_the_same_global_batch(packed, 
     worker = Path(__file__).parent / "ddp_equivalence_worker.py"
     launcher = accelerate_launch(2, 29531)
     env = dict(ENV, ACCELERATE_USE_CPU="1")
-    for cmd in (
-        [*launcher, str(worker), str(tmp_path / "batch.pt"), str(tmp_path)],
-        [sys.executable, str(worker), str(tmp_path / "batch.pt"), str(tmp_path)],
-    ):
-        out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    two, one = tmp_path / "two", tmp_path / "one"  # every launch writes params_initial.pt
+    two.mkdir()
+    one.mkdir()
+    runs = _concurrently(
+        *(
+            partial(subprocess.run, cmd, env=env, capture_output=True, text=True, timeout=600)
+            for cmd in (
+                [*launcher, str(worker), str(tmp_path / "batch.pt"), str(two)],
+                [sys.executable, str(worker), str(tmp_path / "batch.pt"), str(one)],
+            )
+        )
+    )
+    for run in runs:
+        out = run.result()
         assert out.returncode == 0, out.stderr[-3000:]
     rank0, rank1, single, initial = (
-        torch.load(tmp_path / name, weights_only=True)
-        for name in (
-            "params_rank0_of2.pt",
-            "params_rank1_of2.pt",
-            "params_rank0_of1.pt",
-            "params_initial.pt",
+        torch.load(path, weights_only=True)
+        for path in (
+            two / "params_rank0_of2.pt",
+            two / "params_rank1_of2.pt",
+            one / "params_rank0_of1.pt",
+            one / "params_initial.pt",
         )
     )
     for name in single:
@@ -235,11 +289,10 @@ def test_two_cpu_processes_match_one_process_with_the_same_global_batch(packed, 
     assert moved > 0.9 * len(initial)
 
 
-def test_train_py_under_two_cpu_processes_stays_in_sync(packed, tmp_path):
-    launcher = accelerate_launch(2, 29533)
-    out = tmp_path / "ddp"
-    args = _args(packed, out, "train.max_steps=3", "train.eval_every=3")
-    _train(args, launcher, env=dict(ENV, ACCELERATE_USE_CPU="1"))
+def test_train_py_under_two_cpu_processes_stays_in_sync(packed, two_process_run):
+    # The uninterrupted two-process run test_faults.py resumes against (tests/train/conftest.py):
+    # it evaluates once, after its last step (train.max_steps=10).
+    out = two_process_run.result()
     text = (out / "train.log").read_text()
     assert "parameters identical on all 2 ranks" in text
     manifest = json.loads((packed / "3dpw_val" / "manifest.json").read_text())
@@ -247,15 +300,39 @@ def test_train_py_under_two_cpu_processes_stays_in_sync(packed, tmp_path):
     assert f"({total} samples)" in text  # evaluated across both ranks, each sample once
     # Both ranks evaluated rank 0's model (BatchNorm statistics included), the one exported:
     # the in-loop result equals one process evaluating the exported weights.
-    line = next(x for x in text.splitlines() if "eval step 3:" in x)
-    logged = json.loads(line.split("eval step 3: ", 1)[1].rsplit(" (", 1)[0])
+    line = next(x for x in text.splitlines() if "eval step 10:" in x)
+    logged = json.loads(line.split("eval step 10: ", 1)[1].rsplit(" (", 1)[0])
     cfg = load_config([out / "config.yaml"], [])
     model = build_model(cfg.model, cfg.body)
     load_weights(model, out / "best" / "model.safetensors")
     urls = shard_urls(str(packed / "3dpw_val"))
-    alone = evaluate(model, eval_loader(urls, 4), SMPLBody(), "cpu")["mean"]
+    alone = evaluate(model, eval_loader(urls, 4, 0, cfg.data.crop_size), SMPLBody(), "cpu")["mean"]
     for name, value in logged.items():
         assert abs(alone[name] - value) < 1e-3, (name, alone[name], value)
+
+
+MIS_LAUNCHES = {"--cpu": 29535, "--multi_gpu": 29536}  # flag: port
+
+
+@pytest.fixture(scope="module")
+def mis_launches(packed, tmp_path_factory):
+    """Both launches of the test below, started side by side (each spends its time importing
+    torch and stops): flag -> future of the completed launch."""
+    root = tmp_path_factory.mktemp("mis_launch")
+    # On a GPU machine --multi_gpu without ACCELERATE_USE_CPU is a valid launch (not run).
+    flags = [f for f in MIS_LAUNCHES if f == "--cpu" or not torch.cuda.is_available()]
+    runs = _concurrently(
+        *(
+            partial(
+                _train,
+                _args(packed, root / flag.strip("-"), "train.max_steps=1"),
+                accelerate_launch(2, MIS_LAUNCHES[flag], flag),
+                check=False,
+            )
+            for flag in flags
+        )
+    )
+    return dict(zip(flags, runs, strict=True))
 
 
 @pytest.mark.parametrize(
@@ -265,11 +342,10 @@ def test_train_py_under_two_cpu_processes_stays_in_sync(packed, tmp_path):
         (["--multi_gpu"], "formed a group of 1"),
     ],
 )
-def test_silent_mis_launches_fail_loudly(packed, tmp_path, flags, message):
+def test_silent_mis_launches_fail_loudly(mis_launches, flags, message):
     if torch.cuda.is_available() and "--multi_gpu" in flags:
         pytest.skip("on a GPU machine --multi_gpu without ACCELERATE_USE_CPU is a valid launch")
-    launcher = accelerate_launch(2, 29535, *flags)
-    out = _train(_args(packed, tmp_path / "bad", "train.max_steps=1"), launcher, check=False)
+    out = mis_launches[flags[0]].result()
     assert out.returncode != 0
     assert message in out.stderr and "ACCELERATE_USE_CPU=1" in out.stderr
 
@@ -313,7 +389,24 @@ def test_pare_config_without_its_backbone_file_stops_at_once_and_random_trains(p
 
 
 def test_evaluate_show_run_and_mean_params_entry_points(offline_run, packed, tmp_path):
-    out = _script("evaluate.py", "--run", offline_run, "--baseline", "--out", tmp_path / "e")
+    # Six independent launches, side by side; checked in order below.
+    out, impossible, shown, missing, made, bad = (
+        run.result()
+        for run in _concurrently(
+            partial(
+                _script, "evaluate.py", "--run", offline_run, "--baseline", "--out", tmp_path / "e"
+            ),
+            partial(
+                _script,
+                "evaluate.py",
+                *("--run", offline_run, "--out", tmp_path / "f", "--require-gain", 2),
+            ),
+            partial(_script, "show_run.py", offline_run),
+            partial(_script, "show_run.py", tmp_path),
+            partial(_script, "mean_params.py", "--out", tmp_path / "mean.npz", packed / "3dpw"),
+            partial(_script, "mean_params.py", "--out", tmp_path / "x.npz", tmp_path / "nothing"),
+        )
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "mean-pose baseline" in out.stdout and "STAND-IN" in out.stdout
     result = json.loads((tmp_path / "e" / "eval.json").read_text())
@@ -323,22 +416,15 @@ def test_evaluate_show_run_and_mean_params_entry_points(offline_run, packed, tmp
     assert [r["samples"] for r in rows] == [total, total]
     ours, baseline = (r["pa_mpjpe"] for r in rows)
     assert 1.0 - ours / baseline == pytest.approx(result["pa_mpjpe_gain"])
-    impossible = _script(
-        "evaluate.py", "--run", offline_run, "--out", tmp_path / "f", "--require-gain", 2
-    )
     assert impossible.returncode == 1 and "is below 2.00" in impossible.stderr
 
-    shown = _script("show_run.py", offline_run)
     assert shown.returncode == 0 and "wandb sync" in shown.stdout and "overlay" in shown.stdout
-    missing = _script("show_run.py", tmp_path)
     assert missing.returncode == 2 and "not a run folder" in missing.stderr
 
-    made = _script("mean_params.py", "--out", tmp_path / "mean.npz", packed / "3dpw")
     assert made.returncode == 0, made.stderr
     from pare.models.head import read_mean_params
 
     assert read_mean_params(tmp_path / "mean.npz")["start_6d"].shape == (24, 6)
-    bad = _script("mean_params.py", "--out", tmp_path / "x.npz", tmp_path / "nothing")
     assert bad.returncode == 2 and "nothing not found" in bad.stderr
 
 
@@ -356,18 +442,37 @@ def test_evaluate_checkpoint_on_3dpw_and_mpii_with_export_and_wandb(
         *("--shards", packed / "3dpw_val", packed / "mpii_val"),
         *("--checkpoint", weights, "--baseline"),
     ]
-    out = _script(
-        "evaluate.py",
-        *common,
-        "--out",
-        tmp_path / "one",
-        "--export-3dpw",
-        tmp_path / "pred",
-        "--dataset-root",
-        raw / "3dpw",
-        "--wandb",
-        "offline",
+    # One process, and two (checked at the end), side by side.
+    one_run, two_run = _concurrently(
+        partial(
+            _script,
+            "evaluate.py",
+            *common,
+            "--out",
+            tmp_path / "one",
+            "--export-3dpw",
+            tmp_path / "pred",
+            "--dataset-root",
+            raw / "3dpw",
+            "--wandb",
+            "offline",
+        ),
+        partial(
+            subprocess.run,
+            [
+                *accelerate_launch(2, 29537),
+                str(ROOT / "train" / "evaluate.py"),
+                *map(str, common),
+                "--out",
+                str(tmp_path / "two"),
+            ],
+            env=dict(ENV, ACCELERATE_USE_CPU="1"),
+            capture_output=True,
+            text=True,
+            timeout=600,
+        ),
     )
+    out = one_run.result()
     assert out.returncode == 0, out.stderr[-3000:]
     assert "3DPW-protocol evaluation" in out.stdout and "PCKh@0.5" in out.stdout
     report = json.loads((tmp_path / "one" / "eval.json").read_text())
@@ -419,20 +524,7 @@ def test_evaluate_checkpoint_on_3dpw_and_mpii_with_export_and_wandb(
         )
 
     # Under two processes every sample counts once and the numbers are the same.
-    launcher = accelerate_launch(2, 29537)
-    two = subprocess.run(
-        [
-            *launcher,
-            str(ROOT / "train" / "evaluate.py"),
-            *map(str, common),
-            "--out",
-            str(tmp_path / "two"),
-        ],
-        env=dict(ENV, ACCELERATE_USE_CPU="1"),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    two = two_run.result()
     assert two.returncode == 0, two.stderr[-3000:]
     result2, baseline2 = json.loads((tmp_path / "two" / "eval.json").read_text())["3dpw"].values()
     assert result2["overall"]["samples"] == total
@@ -463,16 +555,46 @@ def test_predict_on_images_folders_and_video(offline_run, raw, tmp_path, test_ou
     keypoints = [np.asarray(p[0], float).T for p in seq["poses2d"]]  # per actor (18, 3)
     people = tmp_path / "people.json"
     people.write_text(json.dumps({image.name: [k.tolist() for k in keypoints]}))
-    out = _script(
-        "predict.py",
-        image,
-        "--checkpoint",
-        offline_run,
-        "--out",
-        tmp_path / "a",
-        "--people",
-        people,
+    # The inputs of all four launches first: they run side by side, checked in order below.
+    # A folder without people: one centred crop per image; a video: every second frame.
+    video = tmp_path / "clip.mp4"
+    stack = np.stack(
+        [np.asarray(Image.open(f).convert("RGB")) for f in sorted(frames.glob("*.jpg"))[:3]]
     )
+    iio.imwrite(video, stack[:, : stack.shape[1] // 16 * 16, : stack.shape[2] // 16 * 16], fps=10)
+    twin = tmp_path / "twin"
+    twin.mkdir()
+    (twin / image.name).write_bytes(image.read_bytes())
+    runs = _concurrently(
+        partial(
+            _script,
+            "predict.py",
+            image,
+            "--checkpoint",
+            offline_run,
+            "--out",
+            tmp_path / "a",
+            "--people",
+            people,
+        ),
+        partial(
+            _script,
+            "predict.py",
+            *(frames, video, "--checkpoint", offline_run, "--out", tmp_path / "b"),
+            *("--video-step", "2", "--batch-size", "4"),
+        ),
+        partial(
+            _script,
+            "predict.py",
+            *(tmp_path / "nope.jpg", "--checkpoint", offline_run, "--out", tmp_path / "c"),
+        ),
+        partial(
+            _script,
+            "predict.py",
+            *(image, twin / image.name, "--checkpoint", offline_run, "--out", tmp_path / "d"),
+        ),
+    )
+    out = runs[0].result()
     assert out.returncode == 0, out.stderr[-3000:]
     overlay = np.asarray(Image.open(tmp_path / "a" / "image_00000_overlay.png"))
     Image.fromarray(overlay).save(test_output / "predict_overlay.png")  # to look at
@@ -495,16 +617,8 @@ def test_predict_on_images_folders_and_video(offline_run, raw, tmp_path, test_ou
         changed = np.abs(overlay[y0:y1, x0:x1].astype(int) - original[y0:y1, x0:x1]).sum(-1) > 30
         assert changed.mean() > 0.1
 
-    # A folder without people: one centred crop per image; a video: every second frame.
-    video = tmp_path / "clip.mp4"
-    stack = np.stack(
-        [np.asarray(Image.open(f).convert("RGB")) for f in sorted(frames.glob("*.jpg"))[:3]]
-    )
-    iio.imwrite(video, stack[:, : stack.shape[1] // 16 * 16, : stack.shape[2] // 16 * 16], fps=10)
-    out = _script(
-        "predict.py", frames, video, "--checkpoint", offline_run, "--out", tmp_path / "b",
-        "--video-step", "2", "--batch-size", "4",
-    )  # fmt: skip
+    # The folder and the video.
+    out = runs[1].result()
     assert out.returncode == 0, out.stderr[-3000:]
     n_images = len(list(frames.glob("*.jpg")))
     assert len(list((tmp_path / "b").glob("image_*_p0.npz"))) == n_images
@@ -512,23 +626,23 @@ def test_predict_on_images_folders_and_video(offline_run, raw, tmp_path, test_ou
         "clip_f000000_overlay.png",
         "clip_f000002_overlay.png",
     ]
-    missing = _script(
-        "predict.py", tmp_path / "nope.jpg", "--checkpoint", offline_run, "--out", tmp_path / "c"
-    )
+    missing = runs[2].result()
     assert missing.returncode == 2 and "input not found" in missing.stderr
-    twin = tmp_path / "twin"
-    twin.mkdir()
-    (twin / image.name).write_bytes(image.read_bytes())
-    clash = _script(
-        "predict.py", image, twin / image.name, "--checkpoint", offline_run, "--out", tmp_path / "d"
-    )
+    clash = runs[3].result()
     assert clash.returncode == 2 and "two inputs would write image_00000_*" in clash.stderr
 
 
 def test_compare_trains_both_variants_from_one_initialisation(packed, tmp_path):
     out = tmp_path / "cmp"
+    # At _args' 128-pixel crops the part maps are 32 x 32: attention pools them to 16 x 16 (as
+    # the default 28 does PARE's 56 x 56).
     args = _args(
-        packed, out, "train.max_steps=4", "train.log_every=1", "logging.wandb_mode=offline"
+        packed,
+        out,
+        "train.max_steps=4",
+        "train.log_every=1",
+        "logging.wandb_mode=offline",
+        "model.attention.resolution=16",
     )
     cmd = [sys.executable, str(ROOT / "train" / "compare.py"), "--out", str(out), *args]
     done = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=900)
