@@ -157,7 +157,9 @@ def test_training_source_without_a_readable_shard_stops_naming_it(
 
 
 def _damage_images(shard, keep_bytes=200):
-    """Rewrite ``shard`` with every JPEG cut to its first bytes (a sample that cannot decode)."""
+    """Rewrite ``shard`` with every JPEG cut to its first bytes (a sample that cannot decode),
+    zero-padded to its listed size (a shard of another size is refused before training)."""
+    size = shard.stat().st_size
     members = []
     with tarfile.open(shard) as tar:
         for m in tar:
@@ -167,6 +169,9 @@ def _damage_images(shard, keep_bytes=200):
         for m, data in members:
             m.size = len(data)
             tar.addfile(m, io.BytesIO(data))
+    with shard.open("ab") as f:  # zero blocks after the archive's end: tar readers skip them
+        f.write(bytes(size - shard.stat().st_size))
+    assert shard.stat().st_size == size
     return [m.name.split(".")[0] for m, _ in members if m.name.endswith(".jpg")]
 
 
