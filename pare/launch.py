@@ -187,9 +187,16 @@ class StoppableReader:
                 return value
             raise value
 
-    def close(self) -> None:
-        """End the thread once its current read (if any) returns."""
+    def close(self, timeout_s: float = 60.0) -> None:
+        """End the thread once its current read (if any) returns. Without a read in flight, wait
+        for it (up to ``timeout_s``): the thread holds the loader's iterator, whose workers shut
+        down when it goes, and a daemon thread still doing that when the interpreter exits is
+        killed inside torch's C++ ("terminate called without an active exception", SIGABRT: seen
+        at the end of a 2-process run with a loader worker). A read that is stalled is not
+        waited for."""
         self._asked.put(False)
+        if not self._pending:
+            self._thread.join(timeout=timeout_s)
 
 
 def peak_memory_mb(device: torch.device) -> tuple[float, str]:

@@ -101,3 +101,22 @@ def test_a_reader_raises_what_reading_raised(tmp_path):
     assert reader.next() == 1
     with pytest.raises(ValueError, match="shard 3 cannot be read"):
         reader.next()
+
+
+def test_closing_a_reader_waits_until_its_iterator_is_released(tmp_path):
+    """The reader's thread owns the loader's iterator; the process must not exit while that
+    thread still shuts the loader down (a SIGABRT at the end of a 2-process demo run)."""
+    released = threading.Event()
+
+    def loader():
+        try:
+            while True:
+                yield 1
+        finally:
+            time.sleep(0.5)  # a loader shutting its workers down
+            released.set()
+
+    reader = StoppableReader(loader(), StopRequest(tmp_path))
+    assert reader.next() == 1
+    reader.close()
+    assert released.is_set()
