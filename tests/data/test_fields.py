@@ -27,7 +27,7 @@ PACKED_NPZ = [
 
 BATCH = {
     "image": ((3, 224, 224), torch.uint8),
-    "part_labels": ((56, 56), torch.uint8),
+    "part_labels": ((112, 112), torch.uint8),  # S / 2: twice the 56 x 56 heatmaps
     "keypoints_2d": ((22, 3), torch.float32),
     "joints_3d": ((24, 3), torch.float32),
     "h36m_3d": ((17, 3), torch.float32),
@@ -51,7 +51,7 @@ def test_npz_schema_is_the_packed_one():
 def test_batch_contract():
     assert {f.name: (field_shape(f.name), BATCH_DTYPES[f.name]) for f in BATCH_FIELDS} == BATCH
     assert field_shape("image", 128) == (3, 128, 128)
-    assert field_shape("part_labels", 128) == (32, 32)
+    assert field_shape("part_labels", 128) == (64, 64)
 
 
 def test_every_field_is_defined_once_with_a_meaning():

@@ -82,7 +82,7 @@ def _batch_for(out, batch=2):
         "joints_3d": torch.randn(batch, 24, 3, generator=g) * 0.3,
         "pose": torch.randn(batch, 72, generator=g) * 0.3,
         "betas": torch.randn(batch, 10, generator=g),
-        "part_labels": torch.randint(0, 25, (batch, 56, 56), generator=g, dtype=torch.uint8),
+        "part_labels": torch.randint(0, 25, (batch, 112, 112), generator=g, dtype=torch.uint8),
         "has_smpl": torch.ones(batch, dtype=torch.bool),
         "has_joints_3d": torch.ones(batch, dtype=torch.bool),
         "has_part_labels": torch.ones(batch, dtype=torch.bool),
