@@ -328,10 +328,15 @@ def regression_inputs(name: str, value: str) -> list[str]:
 
 @dataclass
 class LossConfig:
-    """PARE's loss weights; the weighted sum is multiplied by ``total_scale``."""
+    """PARE's loss weights (``pare/losses/losses.py`` ``PARELoss``); the weighted sum is
+    multiplied by ``total_scale``. ``openpose_weight`` scales the confidences of the 25
+    OpenPose-style keypoint slots inside the 2D term (PARE's ``OPENPOSE_TRAIN_WEIGHT``, 0: only
+    the 24 ground-truth slots are supervised); the ground-truth slots keep weight 1 (PARE's
+    ``GT_TRAIN_WEIGHT``)."""
 
     keypoints_2d: float = 5.0
     joints_3d: float = 5.0
+    openpose_weight: float = 0.0
     smpl_pose: float = 1.0
     smpl_shape: float = 0.001
     part_segmentation: float = 1.0

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from pare.body import SMPLBody
-from pare.body.joints import H36M_TO_EVAL14, MPII_16, UNIFIED, mapping
+from pare.body.joints import H36M_TO_EVAL14, MPII16_TO_49
 from pare.data.packing.keys import parse_3dpw_key
 from pare.data.streaming.batch import normalize_images
 from pare.distributed import fail_together, gather_objects, gather_per_sample
@@ -172,7 +172,8 @@ def evaluate_pckh(model: nn.Module, loader, device, alpha: float = 0.5) -> dict:
     model.eval()
     keys: list[str] = []
     correct, visible = [], []
-    to_mpii = mapping(UNIFIED, MPII_16)  # every MPII joint is in the unified layout
+    # The predicted joints in the slots MPII's annotations fill (as SPIN/PARE map them).
+    to_mpii = MPII16_TO_49.tolist()
     with fail_together():
         for batch in loader:
             keep = batch["head_size"] > 0

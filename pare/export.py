@@ -35,7 +35,8 @@ def export_fields(pred: dict, batch: dict) -> dict[str, np.ndarray]:
     came from (its crop size and crop intrinsics)."""
     size = batch["image"].shape[-1]
     translation = crop_camera_to_full(pred["camera"], batch["intrinsics"].to(pred["camera"]), size)
-    joints = pred["joints_3d"].double() + translation[:, None]  # (B, 24, 3) camera frame
+    # The evaluator's jointPositions are SMPL's kinematic joints.
+    joints = pred["smpl_joints"].double() + translation[:, None]  # (B, 24, 3) camera frame
     rotations = global_rotations(pred["rotmat"].double(), SMPL_PARENTS)[:, ORIENTATION_PARTS]
     return {
         "joint_positions": joints.cpu().numpy(),

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
+from pare.body.joints import GT_HIPS, OPENPOSE_SLOTS
 from pare.geometry import axis_angle_to_matrix
 
 TERMS = ("keypoints_2d", "joints_3d", "smpl_pose", "smpl_shape", "part_segmentation", "camera")
@@ -26,18 +27,27 @@ def _masked_mean(errors: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (errors * weights).sum() / weights.sum().clamp(min=1.0)
 
 
-def keypoints_2d_loss(pred: torch.Tensor, target: torch.Tensor, crop_size: int) -> torch.Tensor:
-    """Confidence-weighted MSE. ``pred`` (B, K, 2) in [-1, 1]; ``target`` (B, K, 3) in input
-    pixels plus confidence (normalised here the same way)."""
+def keypoints_2d_loss(
+    pred: torch.Tensor, target: torch.Tensor, crop_size: int, openpose_weight: float = 0.0
+) -> torch.Tensor:
+    """PARE's ``projected_keypoint_loss`` (``pare/losses/losses.py``): the confidence-weighted
+    squared error averaged over every batch entry, all 49 slots and both coordinates, with the
+    OpenPose-style slots' confidences multiplied by ``openpose_weight`` (ground-truth slots by
+    1). ``pred`` (B, 49, 2) in [-1, 1]; ``target`` (B, 49, 3) in input pixels plus confidence,
+    normalised here as PARE's dataset normalises it (2 x / S - 1)."""
     target_xy = target[..., :2] * (2.0 / crop_size) - 1.0
-    conf = target[..., 2:]
+    conf = target[..., 2:].clone()
+    conf[:, OPENPOSE_SLOTS] *= openpose_weight
     return (conf * (pred.float() - target_xy) ** 2).mean()
 
 
 def joints_3d_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """MSE of (B, 24, 3) SMPL joints after subtracting each set's pelvis (joint 0)."""
-    pred = pred.float() - pred[:, :1].float()
-    target = target - target[:, :1]
+    """PARE's ``keypoint_3d_loss``: MSE of SPIN's (B, 24, 3) ground-truth joints after centring
+    each set on the midpoint of its hips (joints 2 and 3), over the samples in ``mask``."""
+    right, left = GT_HIPS
+    pred = pred.float()
+    pred = pred - 0.5 * (pred[:, right : right + 1] + pred[:, left : left + 1])
+    target = target - 0.5 * (target[:, right : right + 1] + target[:, left : left + 1])
     return _masked_mean((pred - target) ** 2, mask)
 
 
@@ -77,14 +87,16 @@ def pare_loss(
     terms (detached) for logging. ``weights`` is a :class:`pare.config.LossConfig`."""
     crop_size = batch["image"].shape[-1]
     with torch.autocast(batch["image"].device.type, enabled=False):
-        terms = _terms(pred, batch, crop_size)
+        terms = _terms(pred, batch, crop_size, weights.openpose_weight)
     total = weights.total_scale * sum(getattr(weights, name) * terms[name] for name in TERMS)
     return total, {name: value.detach() for name, value in terms.items()}
 
 
-def _terms(pred: dict, batch: dict, crop_size: int) -> dict[str, torch.Tensor]:
+def _terms(pred: dict, batch: dict, crop_size: int, openpose_weight: float) -> dict:
     return {
-        "keypoints_2d": keypoints_2d_loss(pred["keypoints_2d"], batch["keypoints_2d"], crop_size),
+        "keypoints_2d": keypoints_2d_loss(
+            pred["keypoints_2d"], batch["keypoints_2d"], crop_size, openpose_weight
+        ),
         "joints_3d": joints_3d_loss(pred["joints_3d"], batch["joints_3d"], batch["has_joints_3d"]),
         "smpl_pose": smpl_pose_loss(pred["rotmat"], batch["pose"], batch["has_smpl"]),
         "smpl_shape": smpl_shape_loss(pred["betas"], batch["betas"], batch["has_smpl"]),

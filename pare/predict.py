@@ -255,7 +255,7 @@ def person_outputs(pred: dict, row: int, k_crop: np.ndarray, k_full: np.ndarray,
     translation = crop_camera_to_full(
         pred["camera"][row : row + 1], torch.as_tensor(k_crop)[None], size
     )[0].numpy()
-    joints = pred["joints_3d"][row].double().numpy() + translation
+    joints = pred["smpl_joints"][row].double().numpy() + translation
     vertices = pred["vertices"][row].double().numpy() + translation
     uvw = joints @ k_full.T
     return {
@@ -264,7 +264,7 @@ def person_outputs(pred: dict, row: int, k_crop: np.ndarray, k_full: np.ndarray,
         "betas": pred["betas"][row].double().numpy(),
         "camera": pred["camera"][row].double().numpy(),  # PARE's [s, tx, ty] of the crop
         "translation": translation,
-        "joints_3d": joints,  # (24, 3) SMPL joints
+        "smpl_joints": joints,  # (24, 3) SMPL's kinematic joints
         "keypoints_2d": uvw[:, :2] / uvw[:, 2:],  # (24, 2) their projection, image pixels
         "vertices": vertices,
         "intrinsics": k_full,

@@ -8,7 +8,7 @@ import pytest
 import torch
 from scipy.spatial.transform import Rotation
 
-from pare.body.joints import H36M_TO_EVAL14, MPII_16, UNIFIED, mapping
+from pare.body.joints import H36M_TO_EVAL14, MPII16_TO_49, MPII_16
 from pare.evaluation import mean_training_pose, sample_errors
 from pare.geometry import matrix_to_rot6d
 from pare.models.head import PareHead, read_mean_params, set_mean_params
@@ -211,7 +211,7 @@ def test_pckh_of_an_oracle_with_known_offsets(packed):
 
     loader = eval_loader(shard_urls(str(packed / "mpii_val")), 4)
     table, expected_hits, expected_count = {}, 0, 0
-    to_mpii = mapping(UNIFIED, MPII_16)
+    to_mpii = MPII16_TO_49.tolist()
     for i, batch in enumerate(loader):
         for j in range(len(batch["__key__"])):
             head = float(batch["head_size"][j])
@@ -244,9 +244,9 @@ def test_head_size_is_the_head_box_diagonal_in_input_pixels(raw, packed):
         person = people[key]
         # The crop's scale from two annotated joints: input pixels per image pixel.
         seen = np.flatnonzero(person.keypoints[:, 2] > 0)[:2]
-        unified = [UNIFIED.index(MPII_16[i]) for i in seen]
+        slots = MPII16_TO_49[seen].tolist()
         a_img, b_img = person.keypoints[seen, :2]
-        a_in, b_in = batch["keypoints_2d"][j, unified, :2].double().numpy()
+        a_in, b_in = batch["keypoints_2d"][j, slots, :2].double().numpy()
         scale = np.linalg.norm(a_in - b_in) / np.linalg.norm(a_img - b_img)
         diag = np.hypot(*(person.head_box[2:] - person.head_box[:2]))
         assert float(batch["head_size"][j]) == pytest.approx(0.6 * diag * scale, rel=1e-3)

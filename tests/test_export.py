@@ -113,7 +113,7 @@ def test_export_fields_from_predictions():
     pred = {
         "rotmat": rotmat,
         "camera": torch.tensor([[1.0, 0.0, 0.0]]),
-        "joints_3d": torch.zeros(1, 24, 3),
+        "smpl_joints": torch.zeros(1, 24, 3),
     }
     size = 224
     f = 5000.0 * size / 224

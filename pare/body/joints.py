@@ -5,14 +5,18 @@ Sets:
 - ``H36M_17``: the joints of an H36M-style regressor, ordered as the community's
   ``J_regressor_h36m.npy`` is used (SPIN, PARE): ``H36M_TO_EVAL14`` then yields LSP order.
 - ``EVAL_14``: the 14 joints that 3DPW/H36M MPJPE and PA-MPJPE are reported on.
-- ``OPENPOSE_18``: the order of 3DPW's ``poses2d``.
+- ``OPENPOSE_18``: the order of 3DPW's ``poses2d``; ``OPENPOSE_25``: OpenPose's BODY_25.
 - ``MPII_16``: MPII Human Pose ids 0..15.
-- ``UNIFIED``: the keypoint layout stored in shards and supervised in 2D: OpenPose-18 followed by
-  MPII's four joints that OpenPose lacks. Every dataset maps into it; missing joints get
-  confidence 0.
+- ``SPIN_GT_24``: SPIN's 24 "ground-truth" joints, the superset of what the datasets annotate
+  (LSP hips, neck and head top, MPII pelvis and thorax, H36M spine, jaw and head, face points).
+- ``KEYPOINTS_49``: the layout stored in shards and supervised, SPIN's and PARE's 49 joints
+  (``pare/core/constants.py`` ``JOINT_NAMES``): the 25 OpenPose-style slots (named ``op_*``)
+  followed by ``SPIN_GT_24``. Every dataset maps into it as SPIN/PARE map it; joints a dataset
+  lacks get confidence 0.
 
-Also the 21 extra joints that smplx's ``SMPL`` appends to its 24 (from mesh vertex ids), so that
-the model's output can be mapped into ``UNIFIED`` too.
+On the body model the 49 joints come from smplx's 45 joints (SMPL's 24 plus 21 read off mesh
+vertices) and the 9 rows of SPIN's ``J_regressor_extra.npy`` (:data:`EXTRA_9`), picked as
+SPIN/PARE's ``JOINT_MAP`` picks them (:func:`keypoints_from_model`).
 """
 
 from __future__ import annotations
@@ -43,13 +47,18 @@ OPENPOSE_18 = (
     "right_eye", "left_eye", "right_ear", "left_ear",
 )  # fmt: skip
 
+OPENPOSE_25 = (
+    "nose", "neck", "right_shoulder", "right_elbow", "right_wrist", "left_shoulder", "left_elbow",
+    "left_wrist", "mid_hip", "right_hip", "right_knee", "right_ankle", "left_hip", "left_knee",
+    "left_ankle", "right_eye", "left_eye", "right_ear", "left_ear", "left_big_toe",
+    "left_small_toe", "left_heel", "right_big_toe", "right_small_toe", "right_heel",
+)  # fmt: skip
+
 MPII_16 = (
     "right_ankle", "right_knee", "right_hip", "left_hip", "left_knee", "left_ankle", "pelvis",
     "thorax", "upper_neck", "head_top", "right_wrist", "right_elbow", "right_shoulder",
     "left_shoulder", "left_elbow", "left_wrist",
 )  # fmt: skip
-
-UNIFIED = (*OPENPOSE_18, "pelvis", "thorax", "upper_neck", "head_top")
 
 # smplx 0.1.28 appends these (in this order) to SMPL's 24 joints, each read off one mesh vertex
 # (vertex_ids["smplh"]). The stand-in body model places anatomically matching vertices at
@@ -64,13 +73,33 @@ SMPLX_EXTRA_VERTEX_JOINTS = (
 )  # fmt: skip
 SMPLX_JOINTS_45 = SMPL_24 + tuple(name for name, _ in SMPLX_EXTRA_VERTEX_JOINTS)
 
+# The rows of SPIN's J_regressor_extra.npy (9, 6890), in file order: SPIN/PARE's JOINT_MAP sends
+# 'Right Hip' to 45, 'Left Hip' 46, 'Neck (LSP)' 47, 'Top of Head (LSP)' 48, 'Pelvis (MPII)'
+# 49, 'Thorax (MPII)' 50, 'Spine (H36M)' 51, 'Jaw (H36M)' 52 and 'Head (H36M)' 53, that is
+# to the rows of this regressor appended after smplx's 45 joints.
+EXTRA_9 = ("right_hip", "left_hip", "neck", "head_top", "pelvis", "thorax", "spine", "jaw", "head")
+
+# SPIN's 24 ground-truth joints ('Right Ankle' .. 'Right Ear'; 'Neck (LSP)' is "neck",
+# 'Top of Head (LSP)' "head_top", 'Pelvis (MPII)' "pelvis", 'Thorax (MPII)' "thorax",
+# 'Spine (H36M)' "spine", 'Jaw (H36M)' "jaw", 'Head (H36M)' "head").
+SPIN_GT_24 = (
+    "right_ankle", "right_knee", "right_hip", "left_hip", "left_knee", "left_ankle",
+    "right_wrist", "right_elbow", "right_shoulder", "left_shoulder", "left_elbow", "left_wrist",
+    "neck", "head_top", "pelvis", "thorax", "spine", "jaw", "head", "nose", "left_eye",
+    "right_eye", "left_ear", "right_ear",
+)  # fmt: skip
+OPENPOSE_PREFIX = "op_"
+KEYPOINTS_49 = tuple(OPENPOSE_PREFIX + n for n in OPENPOSE_25) + SPIN_GT_24
+OPENPOSE_SLOTS = slice(0, len(OPENPOSE_25))  # the OpenPose-style slots of KEYPOINTS_49
+GT_SLOTS = slice(len(OPENPOSE_25), len(KEYPOINTS_49))  # the 24 ground-truth slots
+# PARE's keypoint_3d_loss centres both sets on the midpoint of these two (SPIN_GT_24 2 and 3).
+GT_HIPS = (SPIN_GT_24.index("right_hip"), SPIN_GT_24.index("left_hip"))
+
 
 def _swap_side(name: str) -> str:
-    if name.startswith("left_"):
-        return "right_" + name[len("left_") :]
-    if name.startswith("right_"):
-        return "left_" + name[len("right_") :]
-    return name
+    words = name.split("_")
+    swap = {"left": "right", "right": "left"}
+    return "_".join(swap.get(w, w) for w in words)
 
 
 def flip_permutation(names: tuple[str, ...]) -> np.ndarray:
@@ -85,47 +114,57 @@ def mapping(source: tuple[str, ...], target: tuple[str, ...]) -> np.ndarray:
     return np.array([index.get(n, -1) for n in target], dtype=np.int64)
 
 
-def to_unified(keypoints: np.ndarray, source: tuple[str, ...]) -> np.ndarray:
-    """Scatter ``(..., len(source), C)`` keypoints into ``(..., len(UNIFIED), C)``.
-
-    Joints the source lacks are zero, so a trailing confidence channel marks them as absent.
-    """
-    m = mapping(source, UNIFIED)
-    out = np.zeros((*keypoints.shape[:-2], len(UNIFIED), keypoints.shape[-1]), keypoints.dtype)
-    present = m >= 0
-    out[..., present, :] = keypoints[..., m[present], :]
-    return out
-
-
 SMPL_FLIP = flip_permutation(SMPL_24)
 H36M_FLIP = flip_permutation(H36M_17)
 EVAL14_FLIP = flip_permutation(EVAL_14)
 OPENPOSE_FLIP = flip_permutation(OPENPOSE_18)
 MPII_FLIP = flip_permutation(MPII_16)
-UNIFIED_FLIP = flip_permutation(UNIFIED)
-OPENPOSE_TO_UNIFIED = mapping(OPENPOSE_18, UNIFIED)
-MPII_TO_UNIFIED = mapping(MPII_16, UNIFIED)
+GT24_FLIP = flip_permutation(SPIN_GT_24)
+KEYPOINTS49_FLIP = flip_permutation(KEYPOINTS_49)
+
+# Where each dataset's joints go in KEYPOINTS_49. 3DPW's OpenPose detections fill the OpenPose
+# slots by name. MPII's 16 joints fill ground-truth slots as SPIN's preprocessing does
+# (datasets/preprocess/mpii.py, joints_idx = [0, 1, 2, 3, 4, 5, 14, 15, 12, 13, 6, 7, 8, 9,
+# 10, 11]): hips to the LSP hips, pelvis and thorax to the MPII slots, upper neck to the LSP
+# neck and head top to the LSP head top.
+OPENPOSE18_TO_49 = np.array([KEYPOINTS_49.index(OPENPOSE_PREFIX + n) for n in OPENPOSE_18])
+MPII16_TO_49 = np.array(
+    [KEYPOINTS_49.index({"upper_neck": "neck"}.get(n, n), len(OPENPOSE_25)) for n in MPII_16]
+)
 
 
-# Where each UNIFIED keypoint comes from on the body model: smplx's 45 output joints, or the
-# H36M regressor for the MPII joints that SMPL's skeleton has no counterpart for.
-_UNIFIED_FROM_H36M = {"thorax": "thorax", "upper_neck": "neck_nose", "head_top": "head_top"}
-UNIFIED_MODEL_SOURCES = tuple(
-    ("h36m", H36M_17.index(_UNIFIED_FROM_H36M[n])) if n in _UNIFIED_FROM_H36M
-    else ("smplx", SMPLX_JOINTS_45.index(n))
-    for n in UNIFIED
-)  # fmt: skip
+def to_keypoints_49(keypoints: np.ndarray, slots: np.ndarray) -> np.ndarray:
+    """Scatter a dataset's ``(..., K, C)`` keypoints into ``(..., 49, C)`` KEYPOINTS_49 slots
+    (``slots`` (K,): e.g. :data:`OPENPOSE18_TO_49`, :data:`MPII16_TO_49`). Slots the dataset does
+    not fill are zero, so a trailing confidence channel marks them as absent."""
+    out = np.zeros((*keypoints.shape[:-2], len(KEYPOINTS_49), keypoints.shape[-1]), keypoints.dtype)
+    out[..., slots, :] = keypoints
+    return out
 
 
-def unified_from_model(smplx_joints, h36m_joints):
-    """(..., 45, D) smplx joints and (..., 17, D) H36M joints -> (..., 22, D) UNIFIED keypoints.
+def _model_source(name: str) -> int:
+    """Index of KEYPOINTS_49 joint ``name`` in smplx's 45 joints followed by EXTRA_9."""
+    if name.startswith(OPENPOSE_PREFIX):  # OpenPose slots: SMPL's own joints and vertices
+        base = name[len(OPENPOSE_PREFIX) :]
+        return SMPLX_JOINTS_45.index("pelvis" if base == "mid_hip" else base)
+    if name in EXTRA_9:
+        return len(SMPLX_JOINTS_45) + EXTRA_9.index(name)
+    return SMPLX_JOINTS_45.index(name)
+
+
+# SPIN/PARE's JOINT_MAP (pare/core/constants.py) as an index array (tested against it).
+KEYPOINTS49_MODEL_SOURCES = np.array([_model_source(n) for n in KEYPOINTS_49])
+
+
+def keypoints_from_model(smplx_joints, extra_joints):
+    """(..., 45, D) smplx joints and (..., 9, D) ``J_regressor_extra`` joints -> (..., 49, D)
+    KEYPOINTS_49, as PARE's ``SMPL.forward`` (``pare/models/head/smpl_head.py``) selects them.
 
     Takes numpy arrays or torch tensors.
     """
-    n45 = smplx_joints.shape[-2]
-    index = [i if src == "smplx" else n45 + i for src, i in UNIFIED_MODEL_SOURCES]
+    index = KEYPOINTS49_MODEL_SOURCES.tolist()
     if isinstance(smplx_joints, np.ndarray):
-        both = np.concatenate([smplx_joints, h36m_joints], axis=-2)
+        both = np.concatenate([smplx_joints, extra_joints], axis=-2)
     else:
-        both = torch.cat([smplx_joints, h36m_joints], dim=-2)
+        both = torch.cat([smplx_joints, extra_joints], dim=-2)
     return both[..., index, :]

@@ -89,6 +89,7 @@ def write_standin(folder: Path) -> None:
         with (folder / f"SMPL_{gender.upper()}.pkl").open("wb") as f:
             pickle.dump(data, f, protocol=2)
     np.save(folder / "J_regressor_h36m.npy", m.J_regressor_h36m)
+    np.save(folder / "J_regressor_extra.npy", m.J_regressor_extra)
     np.save(folder / "smpl_part_labels.npy", m.part_labels)
 
 
@@ -149,12 +150,16 @@ class EvalAssets:
     """Per-model extras for evaluation and part supervision."""
 
     h36m_regressor: np.ndarray  # (17, V)
+    extra_regressor: np.ndarray  # (9, V) SPIN's J_regressor_extra (pare.body.joints.EXTRA_9)
     part_labels: np.ndarray  # (V,) SMPL part 0..23 of each vertex
 
 
 def load_eval_assets(path: str | os.PathLike = STANDIN) -> EvalAssets:
-    """``J_regressor_h36m.npy`` and ``smpl_part_labels.npy`` from the model's folder.
+    """``J_regressor_h36m.npy``, ``J_regressor_extra.npy`` and ``smpl_part_labels.npy`` from the
+    model's folder.
 
+    The regressors must be finite (K, V) matrices for this body (17 and 9 rows); anything else
+    raises :class:`BadRegressor` naming the file.
     The part labels are checked against the body model's rest pose
     (:func:`pare.body.parts.check_part_labels`): labels in another order than SMPL's joints
     raise :class:`pare.body.parts.PartLabelError` naming the file and the fix. Missing files
@@ -165,20 +170,46 @@ def load_eval_assets(path: str | os.PathLike = STANDIN) -> EvalAssets:
         folder = folder.parent
     files = {
         "h36m_regressor": folder / "J_regressor_h36m.npy",
+        "extra_regressor": folder / "J_regressor_extra.npy",
         "part_labels": folder / "smpl_part_labels.npy",
     }
     missing = [str(p) for p in files.values() if not p.is_file()]
     if missing:
         raise FileNotFoundError(
-            f"Missing body-model extras: {', '.join(missing)}. J_regressor_h36m.npy is distributed "
-            "with SPIN/PARE's data; smpl_part_labels.npy (6890 SMPL part ids 0..23) is written by "
+            f"Missing body-model extras: {', '.join(missing)}. J_regressor_h36m.npy and "
+            "J_regressor_extra.npy are distributed with SPIN/PARE's data (SPIN's fetch_data.sh, "
+            "PARE's data/body_models); smpl_part_labels.npy (6890 SMPL part ids 0..23) is written by "
             "pare-convert-parts from smpl_vert_segmentation.json or PARE's "
             "smpl_partSegmentation_mapping.pkl."
         )
-    assets = EvalAssets(**{k: np.load(p, allow_pickle=False) for k, p in files.items()})
+    assets = EvalAssets(**{k: _load_npy(p) for k, p in files.items()})
     vertices, joints = load_rest_pose(path)
+    for name, rows in (("h36m_regressor", 17), ("extra_regressor", 9)):
+        _check_regressor(getattr(assets, name), rows, len(vertices), files[name])
     check_part_labels(assets.part_labels, vertices, joints, files["part_labels"])
     return assets
+
+
+class BadRegressor(ConfigError):
+    """A joint-regressor file of the wrong shape or with non-finite values."""
+
+
+def _load_npy(path: Path) -> np.ndarray:
+    try:
+        return np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise BadRegressor(
+            f"{path} is not a readable .npy file ({e}); copy it again from SPIN/PARE's data"
+        ) from None
+
+
+def _check_regressor(matrix: np.ndarray, rows: int, n_vertices: int, path: Path) -> None:
+    if matrix.shape != (rows, n_vertices) or not np.isfinite(matrix).all():
+        what = "non-finite values" if matrix.shape == (rows, n_vertices) else matrix.shape
+        raise BadRegressor(
+            f"{path} holds {what}, expected a finite ({rows}, {n_vertices}) joint regressor for "
+            f"this body model; use the file SPIN/PARE ship for SMPL ({path.name})"
+        )
 
 
 def load_rest_pose(path: str | os.PathLike = STANDIN) -> tuple[np.ndarray, np.ndarray]:
@@ -230,8 +261,8 @@ def body_model_identity(path: str | os.PathLike) -> dict:
 
     Returns ``{"kind": "standin" | "smpl", "path": str(path) as given, "sha256": hex}``. The hash
     covers the files the project reads for ``path``: ``SMPL_{NEUTRAL,MALE,FEMALE}`` as
-    :func:`resolve_model_file` picks them (``.npz`` before ``.pkl``), ``J_regressor_h36m.npy``
-    and ``smpl_part_labels.npy``; each file's role and content, not its location, so a copied
+    :func:`resolve_model_file` picks them (``.npz`` before ``.pkl``), ``J_regressor_h36m.npy``,
+    ``J_regressor_extra.npy`` and ``smpl_part_labels.npy``; each file's role and content, not its location, so a copied
     folder has the same identity. The stand-in (``"standin"``) is generated if needed and hashed
     the same way. Raises FileNotFoundError for a missing model file or extra.
     """
@@ -239,7 +270,7 @@ def body_model_identity(path: str | os.PathLike) -> dict:
     folder = standin_dir() if str(path) == STANDIN else Path(path).expanduser()
     if folder.is_file():
         folder = folder.parent
-    for name in ("J_regressor_h36m.npy", "smpl_part_labels.npy"):
+    for name in ("J_regressor_h36m.npy", "J_regressor_extra.npy", "smpl_part_labels.npy"):
         extra = folder / name
         if not extra.is_file():
             raise FileNotFoundError(f"Missing body-model extra: {extra}")

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pare.body.joints import SMPL_24, unified_from_model
+from pare.body.joints import SMPL_24, keypoints_from_model
 from pare.body.model import GENDERS, STANDIN, build_body_model, load_eval_assets
 
 STANDIN_LABEL = "STAND-IN body model (generated; not SMPL)"
@@ -22,15 +22,16 @@ STANDIN_TAG = "STAND-IN"  # the W&B tag of runs that used it
 class SMPLBody(nn.Module):
     """SMPL for up to three genders as a fixed fp32 layer, with the joint sets the project uses.
 
-    Every output is in metres: ``vertices`` (B, V, 3), ``joints_3d`` (B, 24, 3) SMPL's joints,
-    ``h36m_3d`` (B, 17, 3) the H36M regressor applied to the mesh, ``unified_3d`` (B, 22, 3) the
-    UNIFIED keypoints (:func:`pare.body.joints.unified_from_model`). Also ``faces`` (F, 3) int64,
+    Every output is in metres: ``vertices`` (B, V, 3), ``smpl_joints`` (B, 24, 3) SMPL's
+    kinematic joints, ``h36m_3d`` (B, 17, 3) the H36M regressor applied to the mesh,
+    ``keypoints_3d`` (B, 49, 3) SPIN/PARE's 49 joints (:data:`pare.body.joints.KEYPOINTS_49`,
+    built with ``J_regressor_extra.npy``) and ``joints_3d`` (B, 24, 3) their last 24, SPIN's
+    ground-truth joints (:data:`pare.body.joints.SPIN_GT_24`). Also ``faces`` (F, 3) int64,
     ``part_labels`` (V,) SMPL part 0..23 of each vertex, and ``is_standin``.
 
     The module has no parameters and no persistent buffers, so a model holding it saves no
     body-model tensors in its checkpoints, and those load onto the stand-in or the real SMPL
-    alike. Further joint regressors (e.g. SPIN's ``J_regressor_extra``) belong here, as
-    non-persistent (K, V) buffers next to ``h36m_regressor``, applied to the vertices in
+    alike. Joint regressors are non-persistent (K, V) buffers applied to the vertices in
     :meth:`forward`.
 
     Raises ``ValueError`` for a gender outside :data:`pare.body.GENDERS`, and the errors of
@@ -62,6 +63,8 @@ class SMPLBody(nn.Module):
         assets = load_eval_assets(model_path)
         h36m = torch.as_tensor(assets.h36m_regressor, dtype=torch.float32)
         self.register_buffer("h36m_regressor", h36m, persistent=False)  # (17, V)
+        extra = torch.as_tensor(assets.extra_regressor, dtype=torch.float32)
+        self.register_buffer("extra_regressor", extra, persistent=False)  # (9, V)
         self.part_labels = assets.part_labels  # (V,)
         first = self.models[self.genders[0]]
         self.faces = first.faces.astype(np.int64)  # (F, 3)
@@ -87,7 +90,7 @@ class SMPLBody(nn.Module):
         ``pose`` is (B, 24, 3, 3) rotation matrices or (B, 72) axis-angle, global orientation
         first; ``betas`` (B, 10); ``gender`` (B,) codes (:data:`pare.body.GENDER_CODE`: 0
         neutral, 1 male, 2 female), or None for the first loaded gender; ``transl`` (B, 3)
-        added to every output, or None. Returns the four outputs of the class docstring.
+        added to every output, or None. Returns the five outputs of the class docstring.
         Raises ``ValueError`` for a code whose gender is not loaded.
         """
         with torch.autocast(pose.device.type, enabled=False):
@@ -100,13 +103,16 @@ class SMPLBody(nn.Module):
             return self._outputs(vertices, joints)
 
     def _outputs(self, vertices: torch.Tensor, joints: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The four outputs from smplx's vertices (B, V, 3) and its 45 joints (B, 45, 3)."""
+        """The five outputs from smplx's vertices (B, V, 3) and its 45 joints (B, 45, 3)."""
         h36m = torch.einsum("jv,bvc->bjc", self.h36m_regressor, vertices)  # (B, 17, 3)
+        extra = torch.einsum("jv,bvc->bjc", self.extra_regressor, vertices)  # (B, 9, 3)
+        keypoints = keypoints_from_model(joints, extra)  # (B, 49, 3)
         return {
             "vertices": vertices,  # (B, V, 3)
-            "joints_3d": joints[:, : len(SMPL_24)],  # (B, 24, 3)
+            "smpl_joints": joints[:, : len(SMPL_24)],  # (B, 24, 3)
             "h36m_3d": h36m,
-            "unified_3d": unified_from_model(joints, h36m),  # (B, 22, 3)
+            "keypoints_3d": keypoints,
+            "joints_3d": keypoints[:, -24:],  # (B, 24, 3) SPIN's ground-truth joints
         }
 
     @staticmethod
@@ -154,7 +160,7 @@ class SMPLBody(nn.Module):
         self, gender: str, betas: np.ndarray, pose: np.ndarray, transl: np.ndarray
     ) -> dict[str, np.ndarray]:
         """One person over T frames: betas (10+,) (the first 10 used), axis-angle pose (T, 72),
-        transl (T, 3) -> the four outputs (T, ...) as float64 in the world frame."""
+        transl (T, 3) -> the five outputs (T, ...) as float64 in the world frame."""
         model = self._model(gender)
         t = len(pose)
         vertices, joints = self._smplx(

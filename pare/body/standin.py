@@ -33,7 +33,7 @@ from pare.body.joints import SMPL_PARENTS, SMPLX_EXTRA_VERTEX_JOINTS
 
 NUM_VERTICES = 6890
 NUM_FACES = 13776
-STANDIN_VERSION = 1
+STANDIN_VERSION = 2  # 2: J_regressor_extra.npy
 
 # Approximate neutral SMPL rest joints in metres (Y up, +x = subject's left, +z forward).
 REST_JOINTS = np.array([
@@ -317,6 +317,7 @@ class StandinModel:
     posedirs: np.ndarray  # (6890, 3, 207)
     J_regressor: np.ndarray  # (24, 6890), rows sum to 1
     J_regressor_h36m: np.ndarray  # (17, 6890), rows sum to 1
+    J_regressor_extra: np.ndarray  # (9, 6890), rows sum to 1, pare.body.joints.EXTRA_9 order
     part_labels: np.ndarray  # (6890,), SMPL joint index 0..23 of the part each vertex belongs to
     kintree_table: np.ndarray  # (2, 24), root parent stored as 2**32 - 1 like SMPL
 
@@ -471,6 +472,17 @@ def _finish(
         0.5 * (J_reg[3] + J_reg[6]), J_reg[12], 0.5 * (J_reg[15] + nose), head_top,
         J_reg[16], J_reg[18], J_reg[20], J_reg[17], J_reg[19], J_reg[21],
     ])  # fmt: skip
+    # SPIN's J_regressor_extra rows (EXTRA_9 order), placed where the annotations they stand for
+    # sit on a body: LSP hips a little below and outside SMPL's hip joints (towards the greater
+    # trochanter), the LSP neck between SMPL's neck and head joints, MPII's pelvis between the
+    # hips, MPII's thorax at the top of the sternum between the collars, and H36M's spine, jaw
+    # and head where this file's H36M regressor puts its spine, neck/nose and head top.
+    lsp_hip = [0.85 * J_reg[h] + 0.15 * J_reg[k] for h, k in ((2, 5), (1, 4))]
+    extra = np.stack([
+        *lsp_hip, 0.5 * (J_reg[12] + J_reg[15]), head_top, 0.5 * (J_reg[1] + J_reg[2]),
+        0.5 * J_reg[12] + 0.25 * (J_reg[13] + J_reg[14]), h36m[7], h36m[9],
+        0.5 * (head_top + J_reg[15]),
+    ])  # fmt: skip
 
     kintree = np.array([SMPL_PARENTS, range(24)], dtype=np.int64)
     kintree[0, 0] = 2**32 - 1
@@ -482,6 +494,7 @@ def _finish(
         posedirs=posedirs[perm],
         J_regressor=J_reg[:, perm],
         J_regressor_h36m=h36m[:, perm],
+        J_regressor_extra=extra[:, perm],
         part_labels=labels[perm],
         kintree_table=kintree,
     )

@@ -18,8 +18,29 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pare.body.joints import UNIFIED
-from pare.config import part_label_size
+from pare.body.joints import KEYPOINTS_49
+from pare.config import ConfigError, part_label_size
+
+# The shard format: manifests record it, readers refuse any other. 2: keypoints_2d in SPIN's
+# 49-joint layout with the 3DPW fit's joints projected into the ground-truth slots, joints_3d
+# SPIN's 24 ground-truth joints (1: a 22-keypoint layout and SMPL's kinematic joints).
+SCHEMA_VERSION = 2
+
+
+class OldShardFormat(ConfigError):
+    """A split packed in another shard format than this version reads."""
+
+
+def check_schema_version(manifest: dict, where: str) -> None:
+    """Raise :class:`OldShardFormat` (one line, with the fix) unless the manifest ``manifest``
+    (read from ``where``) records :data:`SCHEMA_VERSION`."""
+    found = manifest.get("schema_version")
+    if found != SCHEMA_VERSION:
+        raise OldShardFormat(
+            f"{where} was packed in shard format {found}, this version reads format "
+            f"{SCHEMA_VERSION} (SPIN's 49 keypoints and 24 ground-truth joints); repack the split "
+            "with shards/pack_3dpw.py / shards/pack_mpii.py (or make demo-data for the demo)"
+        )
 
 
 @dataclass(frozen=True)
@@ -50,10 +71,14 @@ FIELDS: tuple[Field, ...] = (
         stored=False,
     ),
     Field(
-        "keypoints_2d", (len(UNIFIED), 3), np.float32,
-        "x, y in crop pixels and confidence, UNIFIED order; absent joints all 0",
+        "keypoints_2d", (len(KEYPOINTS_49), 3), np.float32,
+        "x, y in crop pixels and confidence, KEYPOINTS_49 order (SPIN's 25 OpenPose-style + "
+        "24 ground-truth slots); absent joints all 0",
     ),
-    Field("joints_3d", (24, 3), np.float32, "SMPL joints, camera frame, metres"),
+    Field(
+        "joints_3d", (24, 3), np.float32,
+        "SPIN's 24 ground-truth joints (SPIN_GT_24), camera frame, metres",
+    ),
     Field("h36m_3d", (17, 3), np.float32, "H36M-regressed joints, camera frame, metres"),
     Field(
         "pose", (72,), np.float32,

@@ -37,9 +37,11 @@ class PARE(nn.Module):
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """Returns ``part_logits`` (B, 25, H, W), ``part_attention`` (B, 24, H, W),
         ``pose_6d`` (B, 24, 6), ``rotmat`` (B, 24, 3, 3), ``betas`` (B, 10), ``camera``
-        (B, 3) [s, tx, ty], ``translation`` (B, 3), ``vertices`` (B, 6890, 3), ``joints_3d``
-        (B, 24, 3), ``h36m_3d`` (B, 17, 3), ``keypoints_2d`` (B, 22, 2) in [-1, 1] of the crop
-        (the UNIFIED layout), at any crop size. Everything from ``rotmat`` on is fp32."""
+        (B, 3) [s, tx, ty], ``translation`` (B, 3), the body's outputs (:class:`SMPLBody`:
+        ``vertices`` (B, 6890, 3), ``smpl_joints`` (B, 24, 3), ``h36m_3d`` (B, 17, 3),
+        ``keypoints_3d`` (B, 49, 3), ``joints_3d`` (B, 24, 3) SPIN's ground-truth joints) and
+        ``keypoints_2d`` (B, 49, 2) in [-1, 1] of the crop (KEYPOINTS_49), at any crop size.
+        Everything from ``rotmat`` on is fp32."""
         out = self.head(self.backbone(images))
         # The body model, rotations and projection run in fp32 even under autocast: Gram-Schmidt
         # and linear blend skinning lose millimetres in bf16 and overflow in fp16.
@@ -49,9 +51,9 @@ class PARE(nn.Module):
             out["betas"] = out["betas"].float()
             out.update(self.smpl(out["rotmat"], out["betas"]))
             out["translation"] = weak_perspective_to_translation(out["camera"])
-            pixels = perspective_projection(out["unified_3d"], out["translation"], FOCAL_LENGTH)
+            pixels = perspective_projection(out["keypoints_3d"], out["translation"], FOCAL_LENGTH)
             # Pixels on the camera's reference crop -> [-1, 1], whatever the input's size.
-            out["keypoints_2d"] = pixels / (CAMERA_REFERENCE_SIZE / 2.0)  # (B, 22, 2)
+            out["keypoints_2d"] = pixels / (CAMERA_REFERENCE_SIZE / 2.0)  # (B, 49, 2)
         return out
 
 

@@ -69,7 +69,8 @@ def _model_copy(standin_folder, target):
     target.mkdir()
     for file in standin_folder.glob("SMPL_*.pkl"):
         (target / file.name).symlink_to(file)
-    (target / "J_regressor_h36m.npy").symlink_to(standin_folder / "J_regressor_h36m.npy")
+    for name in ("J_regressor_h36m.npy", "J_regressor_extra.npy"):
+        (target / name).symlink_to(standin_folder / name)
     return target
 
 

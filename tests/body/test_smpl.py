@@ -6,7 +6,7 @@ import torch
 from scipy.spatial.transform import Rotation
 
 from pare.body import GENDER_CODE, GENDERS, SMPLBody, build_body_model, load_eval_assets
-from pare.body.joints import unified_from_model
+from pare.body.joints import KEYPOINTS49_MODEL_SOURCES
 
 B = 6
 
@@ -23,7 +23,9 @@ def reference():
     pose = 0.4 * torch.randn(B, 72, generator=g)
     betas = torch.randn(B, 10, generator=g)
     transl = torch.randn(B, 3, generator=g)
-    regressor = load_eval_assets("standin").h36m_regressor.astype(np.float64)  # (17, V)
+    assets = load_eval_assets("standin")
+    regressor = assets.h36m_regressor.astype(np.float64)  # (17, V)
+    extra_regressor = assets.extra_regressor.astype(np.float64)  # (9, V)
     out = {}
     for gender in GENDERS:
         model = build_body_model("standin", gender)
@@ -33,11 +35,17 @@ def reference():
             )
         vertices = smplx_out.vertices.double().numpy()
         h36m = np.einsum("jv,bvc->bjc", regressor, vertices)
+        extra = np.einsum("jv,bvc->bjc", extra_regressor, vertices)
+        # SPIN's SMPL: smplx's 45 joints, then the extra regressor's 9, picked by JOINT_MAP.
+        keypoints = np.concatenate([smplx_out.joints.double().numpy(), extra], 1)[
+            :, KEYPOINTS49_MODEL_SOURCES
+        ]
         out[gender] = {
             "vertices": vertices,
-            "joints_3d": smplx_out.joints[:, :24].double().numpy(),
+            "smpl_joints": smplx_out.joints[:, :24].double().numpy(),
             "h36m_3d": h36m,
-            "unified_3d": unified_from_model(smplx_out.joints.double().numpy(), h36m),
+            "keypoints_3d": keypoints,
+            "joints_3d": keypoints[:, 25:],
         }
     return pose, betas, transl, out
 
@@ -59,9 +67,10 @@ def test_each_gender_matches_smplx_and_the_regressor_on_its_vertices(body, refer
             out = body(pose, betas, codes, transl)
         assert {k: tuple(v.shape) for k, v in out.items()} == {
             "vertices": (B, 6890, 3),
-            "joints_3d": (B, 24, 3),
+            "smpl_joints": (B, 24, 3),
             "h36m_3d": (B, 17, 3),
-            "unified_3d": (B, 22, 3),
+            "keypoints_3d": (B, 49, 3),
+            "joints_3d": (B, 24, 3),
         }
         assert all(v.dtype == torch.float32 for v in out.values())
         for key, expected in ref[gender].items():
@@ -97,7 +106,7 @@ def test_rotation_matrices_equal_axis_angle_and_default_to_the_first_gender(refe
         torch.testing.assert_close(from_rotmat[key], from_axis_angle[key], atol=2e-5, rtol=0)
     # The reference's translation is the only difference.
     shift = reference[2][:, None].double().numpy()
-    for key in ("vertices", "joints_3d"):
+    for key in ("vertices", "smpl_joints", "joints_3d"):
         _close(from_rotmat[key], ref["neutral"][key] - shift)
 
 

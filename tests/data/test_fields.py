@@ -9,7 +9,7 @@ from pare.data.streaming.batch import BATCH_DTYPES
 
 # Pinned: packed shards depend on these names, their order, shapes and dtypes byte for byte.
 PACKED_NPZ = [
-    ("keypoints_2d", (22, 3), np.float32),
+    ("keypoints_2d", (49, 3), np.float32),
     ("joints_3d", (24, 3), np.float32),
     ("h36m_3d", (17, 3), np.float32),
     ("pose", (72,), np.float32),
@@ -28,7 +28,7 @@ PACKED_NPZ = [
 BATCH = {
     "image": ((3, 224, 224), torch.uint8),
     "part_labels": ((112, 112), torch.uint8),  # S / 2: twice the 56 x 56 heatmaps
-    "keypoints_2d": ((22, 3), torch.float32),
+    "keypoints_2d": ((49, 3), torch.float32),
     "joints_3d": ((24, 3), torch.float32),
     "h36m_3d": ((17, 3), torch.float32),
     "pose": ((72,), torch.float32),

@@ -54,10 +54,11 @@ def test_output_shapes_for_every_backbone(backbone, extra):
         "camera": (2, 3),
         "translation": (2, 3),
         "vertices": (2, 6890, 3),
-        "joints_3d": (2, 24, 3),
+        "smpl_joints": (2, 24, 3),
         "h36m_3d": (2, 17, 3),
-        "unified_3d": (2, 22, 3),
-        "keypoints_2d": (2, 22, 2),
+        "keypoints_3d": (2, 49, 3),
+        "joints_3d": (2, 24, 3),
+        "keypoints_2d": (2, 49, 2),
     }
     assert {k: tuple(v.shape) for k, v in out.items()} == expected
     # Part attention: each part's weights form a distribution over the 56 x 56 grid.
@@ -77,7 +78,7 @@ def _batch_for(out, batch=2):
     return {
         "image": torch.zeros(batch, 3, 224, 224, dtype=torch.uint8),
         "keypoints_2d": torch.cat(
-            [torch.rand(batch, 22, 2, generator=g) * 224, torch.ones(batch, 22, 1)], -1
+            [torch.rand(batch, 49, 2, generator=g) * 224, torch.ones(batch, 49, 1)], -1
         ),
         "joints_3d": torch.randn(batch, 24, 3, generator=g) * 0.3,
         "pose": torch.randn(batch, 72, generator=g) * 0.3,

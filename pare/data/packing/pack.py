@@ -19,7 +19,7 @@ from pare.body import (
     describe_identity,
     read_body_model_record,
 )
-from pare.body.joints import MPII_16, OPENPOSE_18, to_unified
+from pare.body.joints import GT_SLOTS, MPII16_TO_49, OPENPOSE18_TO_49, to_keypoints_49
 from pare.data.packing.keys import key_3dpw, key_mpii
 from pare.data.packing.readers import (
     DatasetLayoutError,
@@ -41,6 +41,7 @@ from pare.data.packing.samples import (
     encode_npz,
     encode_png,
     part_map,
+    project_joints,
     provenance,
     transform_keypoints,
 )
@@ -122,11 +123,16 @@ class ThreeDPWBuilder:
         parts = part_map(
             to_cam(body["vertices"]), self.bodies.faces, self.bodies.part_labels, k_crop, crop.size
         )
+        joints_3d = to_cam(body["joints_3d"])  # (24, 3) SPIN's ground-truth joints
+        # OpenPose detections in the OpenPose slots (weighted by loss.openpose_weight, 0 as in
+        # PARE); the ground-truth slots hold the fit's joints projected into the crop.
+        keypoints = transform_keypoints(
+            to_keypoints_49(rec.keypoints, OPENPOSE18_TO_49), crop.matrix
+        )
+        keypoints[GT_SLOTS] = project_joints(joints_3d, k_crop)
         arrays = {
-            "keypoints_2d": transform_keypoints(
-                to_unified(rec.keypoints, OPENPOSE_18), crop.matrix
-            ),
-            "joints_3d": to_cam(body["joints_3d"]),
+            "keypoints_2d": keypoints,
+            "joints_3d": joints_3d,
             "h36m_3d": to_cam(body["h36m_3d"]),
             "pose": camera_frame_pose(rec.pose, rot),
             "betas": rec.betas,
@@ -191,7 +197,8 @@ def pack_3dpw(
 
 
 class MPIIBuilder:
-    """Builds MPII samples: crop from objpos/scale, MPII joints in the unified layout, and SMPL
+    """Builds MPII samples: crop from objpos/scale, MPII joints in SPIN's ground-truth slots of
+    KEYPOINTS_49 (:data:`pare.body.joints.MPII16_TO_49`), and SMPL
     plus part labels from EFT fits where given (flagged as pseudo ground truth)."""
 
     def __init__(
@@ -211,7 +218,9 @@ class MPIIBuilder:
         image = decode_crop(_read_image(image_path), crop, str(image_path))
         fit = self.eft.get((person.image, person.rect))
         arrays = {
-            "keypoints_2d": transform_keypoints(to_unified(person.keypoints, MPII_16), crop.matrix),
+            "keypoints_2d": transform_keypoints(
+                to_keypoints_49(person.keypoints, MPII16_TO_49), crop.matrix
+            ),
             "joints_3d": np.zeros((24, 3)),
             "h36m_3d": np.zeros((17, 3)),
             "pose": np.zeros(72),

@@ -131,6 +131,17 @@ def transform_keypoints(keypoints: np.ndarray, matrix: np.ndarray) -> np.ndarray
     return out
 
 
+def project_joints(joints: np.ndarray, intrinsics: np.ndarray) -> np.ndarray:
+    """(J, 3) camera-frame points and (3, 3) pinhole intrinsics -> (J, 3) x, y in the
+    intrinsics' pixels and confidence 1; points not in front of the camera are all zero."""
+    out = np.zeros((len(joints), 3))
+    front = joints[:, 2] > 1e-6
+    pixels = joints[front] @ intrinsics.T
+    out[front, :2] = pixels[:, :2] / pixels[:, 2:]
+    out[front, 2] = 1.0
+    return out
+
+
 def encode_png(labels: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(labels.astype(np.uint8), mode="L").save(buf, format="PNG", optimize=False)

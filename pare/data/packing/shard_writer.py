@@ -30,8 +30,8 @@ import torch
 from filelock import FileLock, Timeout
 from tqdm import tqdm
 
-from pare.body.joints import UNIFIED
-from pare.data.fields import NPZ_FIELDS
+from pare.body.joints import KEYPOINTS_49
+from pare.data.fields import NPZ_FIELDS, SCHEMA_VERSION
 from pare.data.packing.readers import FILTERS, Skips
 from pare.data.packing.samples import (
     BOX_EXTENT,
@@ -41,7 +41,6 @@ from pare.data.packing.samples import (
 )
 from pare.io_utils import leftover_temporaries, write_json_atomic
 
-SCHEMA_VERSION = 1
 TAR_MTIME = 1_600_000_000  # fixed member mtime: reproducible bytes
 MEMBER_ORDER = ("jpg", "json", "npz", "png")
 JOURNAL = ".progress.json"
@@ -563,7 +562,7 @@ def write_manifest(
         ],
         "skipped": skips.counts,
         "skipped_examples": skips.examples,
-        "keypoint_layout": list(UNIFIED),
+        "keypoint_layout": list(KEYPOINTS_49),
         "crop": {
             "context": STORED_CROP_CONTEXT,
             "max_size": arguments.get("stored_crop_max", STORED_CROP_MAX),

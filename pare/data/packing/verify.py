@@ -12,7 +12,7 @@ import numpy as np
 import simplejpeg
 from PIL import Image
 
-from pare.data.fields import NPZ_FIELDS, nonfinite_fields
+from pare.data.fields import NPZ_FIELDS, OldShardFormat, check_schema_version, nonfinite_fields
 from pare.data.packing.samples import stored_parts_size
 from pare.data.packing.shard_writer import MANIFEST
 
@@ -29,6 +29,10 @@ def verify_split(folder: str | Path) -> tuple[int, list[str]]:
         manifest = json.loads(manifest_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         return 0, [f"{manifest_path}: not readable JSON ({e}); truncated or damaged, repack"]
+    try:
+        check_schema_version(manifest, str(manifest_path))
+    except OldShardFormat as e:
+        return 0, [str(e)]
     problems: list[str] = []
     keys: set[str] = set()
     checked = 0

@@ -28,37 +28,33 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
-from pare.body.joints import H36M_FLIP, SMPL_FLIP, UNIFIED, UNIFIED_FLIP
+from pare.body.joints import (
+    GT24_FLIP,
+    H36M_FLIP,
+    KEYPOINTS49_FLIP,
+    KEYPOINTS_49,
+    OPENPOSE_PREFIX,
+    SMPL_FLIP,
+)
 from pare.config import occluder_files, part_label_size
 
-# Extreme crops (as in PARE/EFT's training): the box around a subset of the UNIFIED keypoints.
+# Extreme crops (as in PARE/EFT's training): the box around a subset of the KEYPOINTS_49 slots
+# (OpenPose-style and ground-truth slots alike, by body region).
+_HEAD_SHOULDERS = {
+    "nose", "neck", "right_eye", "left_eye", "right_ear", "left_ear", "head_top", "head", "jaw",
+    "right_shoulder", "left_shoulder", "thorax",
+}  # fmt: skip
+
+
+def _is_lower_body(name: str) -> bool:
+    return name.endswith(("hip", "knee", "ankle", "toe", "heel")) or name == "pelvis"
+
+
+_BASE_NAMES = tuple(n.removeprefix(OPENPOSE_PREFIX) for n in KEYPOINTS_49)
 EXTREME_CROPS = {
-    "upper_body": tuple(
-        UNIFIED.index(n)
-        for n in UNIFIED
-        if not n.endswith(("hip", "knee", "ankle")) and n != "pelvis"
-    ),
-    "head_shoulders": tuple(
-        UNIFIED.index(n)
-        for n in UNIFIED
-        if n
-        in (
-            "nose",
-            "neck",
-            "right_eye",
-            "left_eye",
-            "right_ear",
-            "left_ear",
-            "upper_neck",
-            "head_top",
-            "right_shoulder",
-            "left_shoulder",
-            "thorax",
-        )
-    ),
-    "lower_body": tuple(
-        UNIFIED.index(n) for n in UNIFIED if n.endswith(("hip", "knee", "ankle")) or n == "pelvis"
-    ),
+    "upper_body": tuple(i for i, n in enumerate(_BASE_NAMES) if not _is_lower_body(n)),
+    "head_shoulders": tuple(i for i, n in enumerate(_BASE_NAMES) if n in _HEAD_SHOULDERS),
+    "lower_body": tuple(i for i, n in enumerate(_BASE_NAMES) if _is_lower_body(n)),
 }
 
 # Part label l (1..24, 0 background) after a flip: the mirrored part.
@@ -320,12 +316,12 @@ def flip(sample: dict, size: int) -> dict:
     out = dict(sample)
     out["image"] = np.ascontiguousarray(sample["image"][:, ::-1])
     out["part_labels"] = np.ascontiguousarray(PART_LABEL_FLIP[sample["part_labels"][:, ::-1]])
-    kp = sample["keypoints_2d"][UNIFIED_FLIP].copy()
+    kp = sample["keypoints_2d"][KEYPOINTS49_FLIP].copy()
     present = kp[:, 2] > 0
     kp[present, 0] = size - kp[present, 0]
     out["keypoints_2d"] = kp
     out["pose"] = flip_pose(sample["pose"])
-    out["joints_3d"] = sample["joints_3d"][SMPL_FLIP] * [-1, 1, 1]
+    out["joints_3d"] = sample["joints_3d"][GT24_FLIP] * [-1, 1, 1]
     out["h36m_3d"] = sample["h36m_3d"][H36M_FLIP] * [-1, 1, 1]
     intrinsics = sample["intrinsics"].copy()
     intrinsics[0, 2] = size - intrinsics[0, 2]

@@ -40,7 +40,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from webdataset.gopen import gopen_schemes
 
 from pare.body import BodyModelMismatch, body_model_identity, describe_identity
-from pare.data.fields import BATCH_FIELDS
+from pare.data.fields import BATCH_FIELDS, check_schema_version
 from pare.data.packing.shard_writer import JOURNAL
 from pare.data.streaming.augment import AugmentParams, augment, draw_params
 from pare.data.streaming.batch import collate
@@ -177,6 +177,7 @@ def shard_urls(path: str) -> list[str]:
         if fs.exists(fs_path):
             with fsspec.open(manifest, "rt") as f:
                 data = json.load(f)
+            check_schema_version(data, manifest)
             base = manifest.rsplit("/", 1)[0]
             return [f"{base}/{s['url']}" for s in data["shardlist"]]
         if not path.endswith(".tar") and "{" not in path:
@@ -186,6 +187,7 @@ def shard_urls(path: str) -> list[str]:
     manifest = p / "manifest.json" if p.is_dir() else p
     if manifest.suffix == ".json" and manifest.is_file():
         data = _read_manifest(manifest)
+        check_schema_version(data, str(manifest))
         _check_shard_files(manifest, data["shardlist"])
         return [str(manifest.parent / s["url"]) for s in data["shardlist"]]
     if p.is_dir() and (p / JOURNAL).is_file():
@@ -222,7 +224,9 @@ def check_body_model(split_paths: list[str], model_path: str) -> None:
         manifest = p / "manifest.json" if p.is_dir() else p
         if manifest.suffix != ".json" or not manifest.is_file():
             continue
-        recorded = _read_manifest(manifest).get("body_model")
+        data = _read_manifest(manifest)
+        check_schema_version(data, str(manifest))  # an old format's fix is a repack, say so first
+        recorded = data.get("body_model")
         if recorded is None:
             warnings.warn(
                 f"{manifest} does not record the body model it was packed with; repack it "

@@ -23,7 +23,7 @@ from scipy.spatial.transform import Rotation
 from tqdm import tqdm
 
 from pare.body import SMPLBody, write_body_model_record
-from pare.body.joints import MPII_16, UNIFIED
+from pare.body.joints import MPII16_TO_49
 from pare.data.synthetic import motion
 from pare.data.synthetic.scene import (
     GROUND_Y,
@@ -41,7 +41,6 @@ MAT_NAME = "mpii_human_pose_v1_u12_1.mat"
 EFT_NAME = "MPII_ver01.json"
 GT_NAME = "synthetic_ground_truth.json"
 IMAGE_SIZES = ((1280, 720), (960, 540), (640, 480), (720, 1280))
-MPII_FROM_UNIFIED = np.array([UNIFIED.index(n) for n in MPII_16])
 _ACTS = {
     "walk": ("walking", "walking, general", 1),
     "wave": ("miscellaneous", "waving", 2),
@@ -168,8 +167,8 @@ def _render_image(
     ]
     meshes.append(ground_mesh(centre, seed=int(rng.integers(1 << 31))))
     if rng.random() < 0.25:
-        where = people[0]["body"]["joints_3d"][0, 0] + 0.4 * (
-            eye - people[0]["body"]["joints_3d"][0, 0]
+        where = people[0]["body"]["smpl_joints"][0, 0] + 0.4 * (
+            eye - people[0]["body"]["smpl_joints"][0, 0]
         )
         size = np.array([rng.uniform(0.3, 0.7), rng.uniform(0.5, 1.1), 0.3])
         where[0] += rng.uniform(-0.4, 0.4)
@@ -181,7 +180,8 @@ def _render_image(
     for k, p in enumerate(people):
         verts = p["body"]["vertices"][0]
         xy = camera.project(verts)
-        joints = p["body"]["unified_3d"][0, MPII_FROM_UNIFIED]  # (16, 3) in MPII order
+        # MPII's joints as SPIN reads them: the body's joints in the slots MPII fills.
+        joints = p["body"]["keypoints_3d"][0, MPII16_TO_49]  # (16, 3) in MPII order
         jxy = camera.project(joints)
         jz = camera.to_camera(joints)[:, 2]
         px = np.floor(jxy).astype(int)
@@ -362,7 +362,7 @@ def _eft_item(person: dict, image_name: str, annot_id: int) -> dict:
     # Weak perspective for the crop: normalised crop coords = s * (X + t), matched at the root.
     # With the camera-frame global rotation, SMPL (zero translation) keeps the root joint at its
     # rest position J0, so camera-frame points are the model's output shifted by root_cam - J0.
-    root_cam = camera.to_camera(person["body"]["joints_3d"][0, 0])
+    root_cam = camera.to_camera(person["body"]["smpl_joints"][0, 0])
     origin_cam = root_cam - person["rest_root"]
     f = camera.K[0, 0]
     c_img = camera.K[:2, 2]

@@ -21,6 +21,7 @@ import numpy as np
 from tqdm import tqdm
 
 from pare.body import SMPLBody, write_body_model_record
+from pare.body.joints import OPENPOSE18_TO_49
 from pare.data.synthetic import motion
 from pare.data.synthetic.py2pickle import dump_py2
 from pare.data.synthetic.scene import (
@@ -158,7 +159,7 @@ def _make_sequence(
     if rng.random() < 0.6:
         mid = n // 2
         eye = cameras[mid].R.T @ -cameras[mid].t
-        root = actors[0]["body"]["joints_3d"][mid, 0]
+        root = actors[0]["body"]["smpl_joints"][mid, 0]
         size = np.array([rng.uniform(0.4, 0.8), rng.uniform(0.8, 1.3), 0.3])
         color = rng.uniform(0.2, 0.8, 3)
         right = cameras[mid].R[0]
@@ -185,7 +186,7 @@ def _make_sequence(
         meshes = [*people, ground, *([props[i]] if props[i] is not None else [])]
         layers = render(meshes, cameras[i], background)
         for a, act in enumerate(actors):
-            joints = act["body"]["unified_3d"][i, :18]  # OpenPose-18 order
+            joints = act["body"]["keypoints_3d"][i, OPENPOSE18_TO_49]  # OpenPose-18 order
             xy, found = keypoint_visibility(layers.mesh, layers.depth, cameras[i], joints, a)
             if found.sum() >= MIN_DETECTIONS:
                 conf = np.where(found, rng.uniform(0.5, 0.95, 18), 0.0)
@@ -211,7 +212,7 @@ def _make_sequence(
         "trans": [act["trans"][::2] for act in actors],
         "poses_60Hz": [act["pose"] for act in actors],
         "trans_60Hz": [act["trans"] for act in actors],
-        "jointPositions": [act["body"]["joints_3d"].reshape(n, 72) for act in actors],
+        "jointPositions": [act["body"]["smpl_joints"].reshape(n, 72) for act in actors],
         "poses2d": poses2d,
         "cam_poses": cam_poses,
         "cam_intrinsics": cameras[0].K.copy(),

@@ -17,10 +17,18 @@ import pytest
 import webdataset as wds
 from PIL import Image
 
+from pare.body.joints import GT_SLOTS, KEYPOINTS_49
 from pare.data.packing.pack import pack_3dpw, pack_mpii
 from pare.data.packing.samples import STORED_CROP_CONTEXT, STORED_CROP_MAX
 from pare.data.packing.shard_writer import ShardOptions
 from pare.data.packing.verify import verify_split
+
+# (OpenPose slot, ground-truth slot) pairs of the joints both blocks take from SMPL's skeleton.
+SHARED_SLOTS = [
+    (KEYPOINTS_49.index(f"op_{side}_{joint}"), KEYPOINTS_49.index(f"{side}_{joint}", 25))
+    for side in ("left", "right")
+    for joint in ("shoulder", "elbow", "wrist", "knee", "ankle")
+]
 
 ROOT = Path(__file__).parents[3]
 OPTS = ShardOptions(maxcount=6, progress=False)
@@ -45,10 +53,10 @@ def _digests(folder):
 def test_manifest_and_webdataset_reading(packed):
     for name in ("3dpw", "mpii"):
         manifest = json.loads((packed / name / "manifest.json").read_text())
-        assert manifest["__kind__"] == "wids-shard-index-v1" and manifest["schema_version"] == 1
+        assert manifest["__kind__"] == "wids-shard-index-v1" and manifest["schema_version"] == 2
         assert manifest["num_samples"] == sum(s["nsamples"] for s in manifest["shardlist"]) > 0
         assert (
-            len(manifest["keypoint_layout"]) == 22
+            len(manifest["keypoint_layout"]) == 49
             and manifest["crop"]["max_size"] == STORED_CROP_MAX
         )
         urls = [str(packed / name / s["url"]) for s in manifest["shardlist"]]
@@ -83,9 +91,13 @@ def test_keypoints_and_part_labels_line_up_with_the_person(packed, test_output):
         # stored 2D keypoints (OpenPose joints that are SMPL joints).
         uvw = z["joints_3d"] @ z["intrinsics"].T
         proj = uvw[:, :2] / uvw[:, 2:]
-        for unified, smpl in ((2, 17), (3, 19), (5, 16), (6, 18), (8, 2), (9, 5), (11, 1), (12, 4)):
-            if z["keypoints_2d"][unified, 2] > 0:
-                assert np.hypot(*(z["keypoints_2d"][unified, :2] - proj[smpl])) < 1.0, key
+        # The ground-truth slots are those joints' projections; the OpenPose detections of
+        # joints SMPL has (shoulders, elbows, wrists, knees, ankles) lie on the same points.
+        kp = z["keypoints_2d"]
+        assert np.abs(kp[GT_SLOTS, :2] - proj).max() < 1.0 and (kp[GT_SLOTS, 2] == 1).all()
+        for op_slot, gt_slot in SHARED_SLOTS:
+            if kp[op_slot, 2] > 0:
+                assert np.hypot(*(kp[op_slot, :2] - kp[gt_slot, :2])) < 1.0, key
         # Keypoints land on the rendered person: its (half-resolution) part map, within 2 px.
         half = parts.shape[0] / image.shape[0]
         for x, y, c in z["keypoints_2d"]:
@@ -119,6 +131,37 @@ def test_mpii_eft_samples_are_pseudo_gt(packed):
         annotated = z["keypoints_2d"][:, 2] > 0
         assert annotated.sum() >= 6
         assert np.all(z["keypoints_2d"][~annotated] == 0)
+
+
+def test_mpii_joints_are_stored_in_spins_ground_truth_slots(raw, packed):
+    """Each annotated MPII joint, moved into the crop, sits at SPIN's slot for it: 25 +
+    joints_idx[id] (SPIN's datasets/preprocess/mpii.py), so the pelvis is 'Pelvis (MPII)' (39),
+    the upper neck 'Neck (LSP)' (37) and the hips the LSP hips (27, 28), not SMPL's joints."""
+    from pare.data.packing.readers import Skips, read_mpii
+
+    joints_idx = [0, 1, 2, 3, 4, 5, 14, 15, 12, 13, 6, 7, 8, 9, 10, 11]
+    people = {
+        f"mpii_{Path(p.image).stem}_r{p.rect}": p
+        for p in read_mpii(raw / "mpii" / "mpii_human_pose_v1_u12_1.mat", Skips())
+    }
+    checked = 0
+    for key, s in _samples(packed / "mpii").items():
+        z = np.load(io.BytesIO(s["npz"]))
+        person = people[key]
+        box = z["crop_box"]  # the crop only scales and shifts: x_crop = a (x - x0)
+        seen = np.flatnonzero(person.keypoints[:, 2] > 0)
+        kp = z["keypoints_2d"]
+        assert set(np.flatnonzero(kp[:, 2] > 0)) == {25 + joints_idx[i] for i in seen}
+        # The scale from two annotated joints, then every joint through the same map.
+        i, j = seen[:2]
+        a = np.linalg.norm(
+            kp[25 + joints_idx[i], :2] - kp[25 + joints_idx[j], :2]
+        ) / np.linalg.norm(person.keypoints[i, :2] - person.keypoints[j, :2])
+        for m in seen:
+            expected = a * (person.keypoints[m, :2] - box[:2])
+            np.testing.assert_allclose(kp[25 + joints_idx[m], :2], expected, atol=0.05)
+            checked += 1
+    assert checked > 50
 
 
 def test_verify_passes_then_catches_a_flipped_byte(packed, tmp_path):

@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 from pare.body import GENDERS, build_body_model, load_eval_assets
+from pare.body.joints import GT_SLOTS, KEYPOINTS_49
 from pare.config import AugmentConfig, part_label_size
 from pare.data.streaming.augment import (
     EXTREME_CROPS,
@@ -19,6 +20,13 @@ from pare.data.streaming.augment import (
 )
 from pare.data.streaming.stream import decode_sample
 from pare.render import Camera, Mesh, render
+
+# (OpenPose slot, ground-truth slot) pairs of the joints both blocks take from SMPL's skeleton.
+SHARED_SLOTS = [
+    (KEYPOINTS_49.index(f"op_{side}_{joint}"), KEYPOINTS_49.index(f"{side}_{joint}", 25))
+    for side in ("left", "right")
+    for joint in ("shoulder", "elbow", "wrist", "knee", "ankle")
+]
 
 
 def _decoded(folder, limit=8):
@@ -69,7 +77,8 @@ def test_targets_stay_on_the_rendered_person(packed, seed):
         rotation_prob=1.0, translation=0.1, occlusion_prob=0.5, extreme_crop_prob=0.5
     )
     rng = np.random.default_rng(seed)
-    labels = load_eval_assets("standin").part_labels
+    assets = load_eval_assets("standin")
+    labels, extra_regressor = assets.part_labels, assets.extra_regressor.astype(np.float64)
     models = {}
     agreement, stray = [], []
     for sample in _decoded(packed / "3dpw", 6):
@@ -77,9 +86,13 @@ def test_targets_stay_on_the_rendered_person(packed, seed):
         out = augment(sample, params)
         uvw = out["joints_3d"] @ out["intrinsics"].T
         proj = uvw[:, :2] / uvw[:, 2:]
-        for unified, smpl in ((2, 17), (3, 19), (5, 16), (6, 18), (8, 2), (9, 5), (11, 1), (12, 4)):
-            if out["keypoints_2d"][unified, 2] > 0:
-                assert np.hypot(*(out["keypoints_2d"][unified, :2] - proj[smpl])) < 1e-3
+        # The ground-truth slots are those joints' projections; the OpenPose detections of
+        # joints SMPL has (shoulders, elbows, wrists, knees, ankles) lie on the same points.
+        kp = out["keypoints_2d"]
+        assert np.abs(kp[GT_SLOTS, :2] - proj).max() < 1e-3 and (kp[GT_SLOTS, 2] == 1).all()
+        for op_slot, gt_slot in SHARED_SLOTS:
+            if kp[op_slot, 2] > 0:
+                assert np.hypot(*(kp[op_slot, :2] - kp[gt_slot, :2])) < 1e-3
         gender = GENDERS[int(out["gender"])]
         model = models.setdefault(gender, build_body_model("standin", gender=gender))
         pose = torch.tensor(out["pose"][None], dtype=torch.float32)
@@ -89,7 +102,9 @@ def test_targets_stay_on_the_rendered_person(packed, seed):
                 global_orient=pose[:, :3],
                 body_pose=pose[:, 3:],
             )
-        shift = out["joints_3d"][0] - body.joints[0, 0].numpy()
+        # joints_3d are SPIN's 24, LSP hips from J_regressor_extra: their midpoint places the body.
+        extra = extra_regressor @ body.vertices[0].double().numpy()  # (9, 3)
+        shift = out["joints_3d"][2:4].mean(0) - extra[:2].mean(0)
         verts = body.vertices[0].double().numpy() + shift
         size = part_label_size(224)
         assert out["part_labels"].shape == (size, size) == (112, 112)
@@ -196,12 +211,12 @@ def test_extreme_crop_zooms_on_the_region(packed):
     whole = augment(sample, AugmentParams())
     upper = augment(sample, AugmentParams(extreme="upper_body"))
     # The upper-body keypoints spread wider in the zoomed crop than in the whole-body one.
-    idx = [2, 5, 1]  # shoulders and neck
+    idx = [2, 5, 1]  # OpenPose-style shoulders and neck
     spread = lambda o: np.ptp(o["keypoints_2d"][idx, :2], axis=0).max()  # noqa: E731
     assert spread(upper) > 1.3 * spread(whole)
     uvw = upper["joints_3d"] @ upper["intrinsics"].T
     np.testing.assert_allclose(
-        uvw[[17, 16], :2] / uvw[[17, 16], 2:], upper["keypoints_2d"][[2, 5], :2], atol=1e-3
+        uvw[[8, 9], :2] / uvw[[8, 9], 2:], upper["keypoints_2d"][[2, 5], :2], atol=1e-3
     )
 
 

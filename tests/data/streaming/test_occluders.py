@@ -61,7 +61,7 @@ def _sample(seed=0, stored=320):
     image = np.asarray(Image.fromarray(coarse).resize((stored, stored), Image.Resampling.BILINEAR))
     parts = np.kron(rng.integers(0, 25, (10, 10)), np.ones((16, 16), int)).astype(np.uint8)
     kp = np.concatenate(
-        [rng.uniform(stored / 4, 3 * stored / 4, (22, 2)), np.ones((22, 1))], 1
+        [rng.uniform(stored / 4, 3 * stored / 4, (49, 2)), np.ones((49, 1))], 1
     ).astype(np.float32)
     kp[3, 2] = 0
     return {

@@ -191,3 +191,23 @@ def test_a_truncated_manifest_is_named(packed, tmp_path):
     (split / "manifest.json").write_text(text[: len(text) // 2])
     with pytest.raises(DamagedManifest, match=r"manifest\.json is not readable JSON"):
         shard_urls(str(split))
+
+
+def test_a_split_in_the_old_shard_format_is_refused_with_repack(packed, tmp_path):
+    """Shards of format 1 (22 keypoints, SMPL joints) cannot train this version: the stream, the
+    body-model check and verify.py all say to repack, in one line."""
+    from pare.data.fields import OldShardFormat
+    from pare.data.packing.verify import verify_split
+    from pare.data.streaming.stream import check_body_model
+
+    split = tmp_path / "old"
+    split.mkdir()
+    manifest = json.loads((packed / "3dpw" / "manifest.json").read_text())
+    manifest["schema_version"] = 1
+    (split / "manifest.json").write_text(json.dumps(manifest))
+    for call in (lambda: shard_urls(str(split)), lambda: check_body_model([str(split)], "standin")):
+        with pytest.raises(OldShardFormat, match=r"shard format 1.*format 2.*repack") as info:
+            call()
+        assert "\n" not in str(info.value)
+    checked, problems = verify_split(split)
+    assert checked == 0 and len(problems) == 1 and "repack" in problems[0]

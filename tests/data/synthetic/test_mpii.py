@@ -8,7 +8,7 @@ import scipy.io
 import torch
 from scipy.spatial.transform import Rotation
 
-from pare.body import build_body_model
+from pare.body import build_body_model, load_eval_assets
 from pare.body.joints import MPII_16
 from pare.data.synthetic.mpii import EFT_NAME, GT_NAME, MAT_NAME, SyntheticMPIIConfig, make_mpii
 
@@ -109,24 +109,32 @@ def test_squeezed_record_objects_and_quirks(dataset):
 
 
 def test_annotated_joints_are_the_rendered_bodies_joints(dataset):
-    """1-based x/y within 1 px of the SMPL joints projected with the image's camera."""
+    """1-based x/y within 1 px of the body's joints projected with the image's camera: SMPL's
+    own joints for limbs, and for hips, pelvis, thorax, upper neck and head top the rows of
+    J_regressor_extra that SPIN reads them as (its joints_idx and JOINT_MAP)."""
     mat = scipy.io.loadmat(dataset / MAT_NAME, squeeze_me=True, struct_as_record=False)
     truth = {t["image"]: t["people"] for t in json.loads((dataset / GT_NAME).read_text())}
     smpl_of_mpii = {
         "right_ankle": 8,
         "right_knee": 5,
-        "right_hip": 2,
-        "left_hip": 1,
         "left_knee": 4,
         "left_ankle": 7,
-        "pelvis": 0,
         "right_wrist": 21,
         "right_elbow": 19,
         "right_shoulder": 17,
         "left_shoulder": 16,
         "left_elbow": 18,
         "left_wrist": 20,
+        # Rows of J_regressor_extra, after SMPL's 24: LSP hips, LSP neck, LSP head top, MPII pelvis
+        # and thorax.
+        "right_hip": 24 + 0,
+        "left_hip": 24 + 1,
+        "upper_neck": 24 + 2,
+        "head_top": 24 + 3,
+        "pelvis": 24 + 4,
+        "thorax": 24 + 5,
     }
+    extra = torch.from_numpy(load_eval_assets("standin").extra_regressor).float()
     models = {g: build_body_model("standin", gender=g) for g in ("male", "female")}
     checked = 0
     for entry, train in zip(
@@ -148,7 +156,7 @@ def test_annotated_joints_are_the_rendered_bodies_joints(dataset):
                     body_pose=torch.tensor(pose[None, 3:], dtype=torch.float32),
                     transl=torch.tensor([gt["trans"]], dtype=torch.float32),
                 )
-            joints = out.joints[0, :24].double().numpy()
+            joints = torch.cat([out.joints[0, :24], extra @ out.vertices[0]]).double().numpy()
             cam = joints @ np.asarray(gt["R"]).T + np.asarray(gt["t"])
             uvw = cam @ np.asarray(gt["K"]).T
             proj = uvw[:, :2] / uvw[:, 2:]
