@@ -32,6 +32,13 @@ def test_body_model_check_reports_and_draws(tmp_path):
         next(line for line in out.stdout.splitlines() if line.startswith("mean")).split()[-1]
     )
     assert mean_error < 0.01  # mm
+    # The nine extra joints, MPII's pelvis between the LSP hips.
+    lines = out.stdout.split("J_regressor_extra joints at rest")[1].splitlines()[1:10]
+    extra = {line.split()[0]: np.array(line.split()[1:], float) for line in lines}
+    assert list(extra) == [
+        "right_hip", "left_hip", "neck", "head_top", "pelvis", "thorax", "spine", "jaw", "head"
+    ]  # fmt: skip
+    assert extra["head_top"][1] > extra["neck"][1] > extra["pelvis"][1]
     image = np.asarray(Image.open(tmp_path / "check" / "body_preview.png"))
     assert image.shape == (480, 960, 3)
     body = (np.abs(image.astype(int) - image[0, 0]).sum(-1) > 30).mean()

@@ -2,8 +2,9 @@
 
     python train/check_body_model.py [--model-path standin|FOLDER|FILE] [--out DIR]
 
-Prints a table of rest-pose joints against SMPL's reference skeleton and writes a preview PNG
-(front and side views coloured by body part).
+Prints a table of rest-pose joints against SMPL's reference skeleton and the rest positions of
+``J_regressor_extra.npy``'s nine joints, and writes a preview PNG (front and side views coloured
+by body part).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from pare.body.joints import SMPL_24
+from pare.body.joints import EXTRA_9, SMPL_24
 from pare.body.model import (
     GENDERS,
     STANDIN,
@@ -27,8 +28,8 @@ from pare.body.model import (
     load_eval_assets,
     resolve_model_file,
 )
-from pare.body.parts import PartLabelError
 from pare.body.standin import REST_JOINTS
+from pare.config import ConfigError
 from pare.io_utils import atomic_open
 
 
@@ -144,11 +145,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         assets = load_eval_assets(model_file.parent)
         labels = assets.part_labels
-    except FileNotFoundError:
+    except FileNotFoundError as e:  # the mesh preview still helps; say what is missing
+        print(f"\nnote: {e}")
         labels = model.lbs_weights.argmax(1).numpy()
-    except PartLabelError as e:  # labels in another order would mislabel every part
+    except ConfigError as e:  # part labels in another order, a wrong regressor file
         print(f"error: {e}", file=sys.stderr)
         return 2
+    else:
+        extra = assets.extra_regressor @ rest.vertices[0].double().numpy()  # (9, 3)
+        print("\nJ_regressor_extra joints at rest (m; SPIN's 'Right Hip' .. 'Head (H36M)')")
+        for name, point in zip(EXTRA_9, extra, strict=True):
+            print(f"{name:<16}{_vec(point):>26}")
     png = preview_png(rest.vertices[0].numpy(), faces, labels, args.out / "body_preview.png")
     print(f"\npreview: {png}")
     return 0 if topo["vertices"] == 6890 and topo["faces"] == 13776 else 1
