@@ -164,19 +164,40 @@ def _field(value, name: str, shape: tuple[int, ...]) -> np.ndarray:
     return arr
 
 
+# The spellings of a 3DPW gender that mean one body model without doubt: the official files
+# write 'm' / 'f'; files rewritten by other tools use the words or capitals. Anything else
+# (numbers, 'n', '') is refused: a guess would fit the person with the wrong body.
+_GENDER_SPELLINGS = {"m": "male", "male": "male", "f": "female", "female": "female"}
+
+
+def read_gender(value) -> str:
+    """A 3DPW ``genders`` entry -> ``"male"`` / ``"female"``. Takes str, bytes (Python 2
+    pickles), numpy strings and 0-d or 1-element arrays of them, in any case, with surrounding
+    spaces. Raises ValueError naming the value for anything else (never the neutral model)."""
+    raw = value
+    if isinstance(value, np.ndarray) and value.size == 1:
+        value = value.reshape(()).item()
+    if isinstance(value, bytes | np.bytes_):
+        value = bytes(value).decode("latin1")
+    if isinstance(value, str | np.str_):
+        gender = _GENDER_SPELLINGS.get(str(value).strip().lower())
+        if gender is not None:
+            return gender
+    raise ValueError(
+        f"genders is {raw!r}, expected 'm' or 'f' (or 'male'/'female'); fix the sequence file"
+    )
+
+
 def _actor_arrays(seq: dict, actor: int, n: int) -> dict:
     """One actor's arrays, checked against the sequence's frame count ``n``."""
-    gender = seq["genders"][actor]
-    gender = gender.decode("latin1") if isinstance(gender, bytes) else str(gender)
-    if gender not in ("m", "f"):
-        raise ValueError(f"genders is {gender!r}, expected 'm' or 'f'")
+    gender = read_gender(seq["genders"][actor])
     betas = _field(seq["betas"][actor], "betas", (-1,))
     if betas.size < 10:
         raise ValueError(f"betas has {betas.size} values, expected at least 10")
     if not np.isfinite(betas[:10]).all():
         raise ValueError("betas: non-finite values")
     return {
-        "gender": {"m": "male", "f": "female"}[gender],
+        "gender": gender,
         "betas": betas[:10],
         "poses": _field(seq["poses"][actor], "poses", (n, 72)),
         "trans": _field(seq["trans"][actor], "trans", (n, 3)),

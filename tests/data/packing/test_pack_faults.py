@@ -402,3 +402,28 @@ def test_a_split_with_no_usable_sample_is_an_error_without_manifest(raw, tmp_pat
     with pytest.raises(PackError, match=r"no sample of mpii train .*too_few_joints"):
         pack_mpii(raw / "mpii", "train", tmp_path / "empty", "standin", OPTS, min_joints=99)
     assert not (tmp_path / "empty" / MANIFEST).exists()
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("m", "male"), ("f", "female"), (b"m", "male"), (b"f", "female"),
+        ("M", "male"), (" F ", "female"), ("male", "male"), ("Female", "female"),
+        (np.str_("f"), "female"), (np.bytes_(b"m"), "male"), (np.array("f"), "female"),
+        (np.array([b"m"]), "male"),
+    ],
+)  # fmt: skip
+def test_every_unambiguous_gender_spelling_is_read(value, expected):
+    from pare.data.packing.readers import read_gender
+
+    assert read_gender(value) == expected
+
+
+@pytest.mark.parametrize(
+    "value", ["n", "neutral", "", "x", 0, 1, 1.0, None, True, np.array(["m", "f"])]
+)
+def test_a_gender_that_is_not_understood_is_refused_never_neutral(value):
+    from pare.data.packing.readers import read_gender
+
+    with pytest.raises(ValueError, match=r"genders is .*expected 'm' or 'f'"):
+        read_gender(value)
