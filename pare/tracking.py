@@ -9,6 +9,8 @@ a run logged; ``wandb sync <run folder>`` uploads the same file later.
 from __future__ import annotations
 
 import json
+import re
+import shlex
 import struct
 import zlib
 from pathlib import Path
@@ -92,3 +94,46 @@ def read_wandb_run(run_dir: str | Path) -> dict:
         "group": group,
         "tags": tags,
     }
+
+
+_OFFLINE_RUN = re.compile(r"^offline-run-(\d{8}_\d{6})-(.+)$")
+
+
+def _sync_supports_append() -> bool:
+    """Whether the installed ``wandb sync`` is the older one with ``--append`` (it syncs one
+    folder per command; the newer one orders several folders of one run by itself)."""
+    from wandb.cli import cli
+
+    return any(p.name == "append" for p in cli.sync.params)
+
+
+def sync_commands(wandb_dir: str | Path, append: bool | None = None) -> list[str]:
+    """The shell commands that upload the offline runs under ``wandb_dir`` (``offline-run-
+    <YYYYMMDD_HHMMSS>-<id>`` folders), one list entry per command, in the order to run them.
+
+    A requeued job resumes its run under the same id in a new folder; syncing those folders one
+    by one with plain ``wandb sync`` makes each upload replace the run's history (wandb issues
+    #3841, #5865). So the segments of one id go together, oldest first: with the newer
+    ``wandb sync`` (``append=False``) as one command, which uploads a run's folders one after
+    another in start order into the same run; with the older one (``append=True``, the
+    ``--append`` flag of wandb PR #4848) as the first folder, then each later one with
+    ``--id <id> --append``. ``append=None`` asks the installed wandb.
+    """
+    runs: dict[str, list[tuple[str, Path]]] = {}
+    for folder in Path(wandb_dir).glob("offline-run-*"):
+        match = _OFFLINE_RUN.match(folder.name)
+        if match and folder.is_dir():
+            runs.setdefault(match.group(2), []).append((match.group(1), folder))
+    if append is None and any(len(segments) > 1 for segments in runs.values()):
+        append = _sync_supports_append()
+    commands = []
+    for run_id, segments in sorted(runs.items(), key=lambda item: min(item[1])):
+        folders = [shlex.quote(str(folder)) for _, folder in sorted(segments)]
+        if len(folders) == 1:
+            commands.append(f"wandb sync {folders[0]}")
+        elif append:
+            commands.append(f"wandb sync --id {shlex.quote(run_id)} {folders[0]}")
+            commands += [f"wandb sync --id {shlex.quote(run_id)} --append {f}" for f in folders[1:]]
+        else:
+            commands.append(f"wandb sync --id {shlex.quote(run_id)} {' '.join(folders)}")
+    return commands

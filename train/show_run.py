@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from pare.checkpoint import complete_checkpoints
-from pare.tracking import read_wandb_run
+from pare.tracking import read_wandb_run, sync_commands
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,7 +35,13 @@ def main(argv: list[str] | None = None) -> int:
             if steps
             else "  no loss rows logged"
         )
-        print(f"  upload later with: wandb sync {folder}")
+    commands = sync_commands(run / "wandb")
+    if commands:
+        # A requeued job's segments share one run id: they must be uploaded together, oldest
+        # first, or each upload replaces the run's history (pare.tracking.sync_commands).
+        print("upload later with (in this order):" if len(commands) > 1 else "upload later with:")
+        for command in commands:
+            print(f"  {command}")
     overlays = sorted((run / "overlays").glob("*.png"))
     if overlays:
         print(f"overlay (prediction | ground truth): {overlays[-1]}")

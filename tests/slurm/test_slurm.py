@@ -124,6 +124,12 @@ def test_train_sbatch_requeues_after_preemption_and_resumes(cluster, packed, tmp
     offline = sorted((run_dir / "wandb").glob("offline-run-*"))
     assert len(offline) == 2  # one per attempt ...
     assert {p.name.rsplit("-", 1)[1] for p in offline} == {run_id}  # ... of the same W&B run
+    # Uploaded together, oldest attempt first (one command with the installed wandb).
+    from pare.tracking import sync_commands
+
+    assert sync_commands(run_dir / "wandb", append=False) == [
+        f"wandb sync --id {run_id} {offline[0]} {offline[1]}"
+    ]
 
 
 def test_pack_array_job_and_merge_equal_one_process(cluster, raw, packed, tmp_path):
