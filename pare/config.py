@@ -568,8 +568,10 @@ def to_yaml(cfg: Config) -> str:
     return OmegaConf.to_yaml(OmegaConf.structured(cfg))
 
 
-def save_config(cfg: Config, path: str | os.PathLike) -> Path:
-    """Write the resolved config as YAML atomically; :func:`load_config` reads it back."""
+def save_config(cfg: Config, path: str | os.PathLike, header: str = "") -> Path:
+    """Write the resolved config as YAML atomically; :func:`load_config` reads it back.
+    ``header`` (one or more lines) goes first as YAML comments."""
+    comments = "".join(f"# {line}\n" for line in header.splitlines())
     with atomic_open(path, "w") as f:
-        f.write(to_yaml(cfg))
+        f.write(comments + to_yaml(cfg))
     return Path(path)

@@ -101,6 +101,53 @@ def check_launch(num_processes: int, ppid: int | None = None) -> None:
         )
 
 
+def launch_record(
+    configured: str, effective: str, num_processes: int, batch_size: int, accumulation: int
+) -> dict:
+    """What a training run actually runs with: ``{"mixed_precision": effective ("no", "bf16",
+    "fp16"), "configured_precision": configured (``train.mixed_precision``, e.g. "launcher"),
+    "num_processes", "batch_per_process", "gradient_accumulation_steps", "global_batch"}``.
+    The global batch is per-process batch x processes x accumulation steps."""
+    return {
+        "mixed_precision": effective,
+        "configured_precision": configured,
+        "num_processes": num_processes,
+        "batch_per_process": batch_size,
+        "gradient_accumulation_steps": accumulation,
+        "global_batch": batch_size * num_processes * accumulation,
+    }
+
+
+def describe_launch(record: dict) -> str:
+    """One line for the log and ``config.yaml``'s header, from :func:`launch_record`."""
+    n = record["num_processes"]
+    return (
+        f"mixed precision {record['mixed_precision']} (train.mixed_precision="
+        f"{record['configured_precision']}), {n} process{'es' if n != 1 else ''}, global batch "
+        f"{record['global_batch']} = {record['batch_per_process']} per process x {n} x "
+        f"{record['gradient_accumulation_steps']} accumulation"
+    )
+
+
+def silent_fp32_warning(configured: str, effective: str, device_type: str, env=None) -> str | None:
+    """The warning for a GPU run that trains in fp32 only because nobody chose a precision:
+    ``train.mixed_precision=launcher`` started by ``torchrun`` or plain ``python``, which, unlike
+    ``accelerate launch``, pass no precision (``ACCELERATE_MIXED_PRECISION``). None otherwise."""
+    env = os.environ if env is None else env
+    if (
+        configured == "launcher"
+        and effective == "no"
+        and device_type == "cuda"
+        and "ACCELERATE_MIXED_PRECISION" not in env
+    ):
+        return (
+            "train.mixed_precision=launcher, but this process was not started by accelerate "
+            "launch: training in fp32. Set train.mixed_precision=bf16 (or fp16, or no to mean "
+            "fp32), or start with accelerate launch --mixed_precision bf16"
+        )
+    return None
+
+
 class StopRequest:
     """Local reasons to stop: SIGTERM, SIGINT, SIGUSR1, a ``STOP`` file in the run folder, or a
     wall-clock budget. :meth:`local` says whether this rank wants to stop; the loop turns that

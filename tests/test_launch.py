@@ -120,3 +120,35 @@ def test_closing_a_reader_waits_until_its_iterator_is_released(tmp_path):
     assert reader.next() == 1
     reader.close()
     assert released.is_set()
+
+
+def test_the_launch_record_counts_the_global_batch_and_reads_as_one_line():
+    from pare.launch import describe_launch, launch_record
+
+    record = launch_record("launcher", "bf16", 8, 8, 2)
+    assert record["global_batch"] == 8 * 8 * 2 == 128
+    line = describe_launch(record)
+    assert line == (
+        "mixed precision bf16 (train.mixed_precision=launcher), 8 processes, global batch 128 = "
+        "8 per process x 8 x 2 accumulation"
+    )
+    assert "1 process," in describe_launch(launch_record("no", "no", 1, 4, 1))
+
+
+@pytest.mark.parametrize(
+    ("configured", "effective", "device", "env", "warns"),
+    [
+        ("launcher", "no", "cuda", {}, True),  # torchrun / python on a GPU: silent fp32 before
+        ("launcher", "no", "cuda", {"ACCELERATE_MIXED_PRECISION": "no"}, False),  # chosen
+        ("launcher", "bf16", "cuda", {"ACCELERATE_MIXED_PRECISION": "bf16"}, False),
+        ("no", "no", "cuda", {}, False),  # fp32 asked for in the config
+        ("launcher", "no", "cpu", {}, False),  # CPU runs are fp32 by design
+    ],
+)
+def test_fp32_on_a_gpu_by_omission_is_warned(configured, effective, device, env, warns):
+    from pare.launch import silent_fp32_warning
+
+    message = silent_fp32_warning(configured, effective, device, env)
+    assert (message is not None) == warns
+    if warns:
+        assert "train.mixed_precision=bf16" in message and "accelerate launch" in message

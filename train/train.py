@@ -110,8 +110,11 @@ from pare.launch import (  # noqa: E402
     StoppableReader,
     StopRequest,
     check_launch,
+    describe_launch,
+    launch_record,
     peak_memory_mb,
     run_entry_point,
+    silent_fp32_warning,
 )
 from pare.losses import pare_loss  # noqa: E402
 from pare.models import PARE, build_model  # noqa: E402
@@ -166,10 +169,19 @@ def main(argv: list[str] | None = None) -> int:
         step_scheduler_with_optimizer=False,
     )
     check_launch(accelerator.num_processes)
+    launch = launch_record(
+        precision,
+        str(accelerator.mixed_precision),
+        accelerator.num_processes,
+        cfg.data.batch_size,
+        train_cfg.gradient_accumulation_steps,
+    )
     main_process = accelerator.is_main_process
     if main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run_dir / "config.yaml")
+        # The launcher decides precision and world size: record what this run got beside the
+        # config (as a YAML comment, so the file still loads as a config).
+        save_config(cfg, run_dir / "config.yaml", header=f"launch: {describe_launch(launch)}")
     setup_logging(run_dir, main_process)
     if empty_val:
         log.warning("data.val: %s hold 0 samples; evaluating on the others", ", ".join(empty_val))
@@ -179,7 +191,13 @@ def main(argv: list[str] | None = None) -> int:
     # ------------------------------------------------------------------ build
     model = build_training_model(cfg)
     body_label = model.smpl.label
-    log.info("%s: %s", body_label, cfg.body.model_path)  # first: nobody misreads stand-in numbers
+    # First: nobody misreads stand-in numbers, or a run's precision and global batch.
+    log.info("%s: %s; %s", body_label, cfg.body.model_path, describe_launch(launch))
+    fp32_warning = silent_fp32_warning(
+        precision, launch["mixed_precision"], accelerator.device.type
+    )
+    if fp32_warning:
+        log.warning(fp32_warning)
     optimizer, scheduler = build_optimizer(model, cfg.optim, train_cfg.max_steps)
     if train_cfg.compile:  # after the optimiser: the wrapper shares the model's parameters
         model = torch.compile(model)
@@ -219,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         accelerator.project_configuration.iteration = state.step
         log.info("resumed from %s at step %d", resume_dir, state.step)
     if accelerator.log_with:
-        start_wandb(accelerator, cfg, run_dir, state, body_label)
+        start_wandb(accelerator, cfg, run_dir, state, body_label, launch)
 
     # ------------------------------------------------------------------ loop
     stop = StopRequest(run_dir, train_cfg.time_budget_s).install()
@@ -456,10 +474,11 @@ def build_optimizer(
 
 
 def start_wandb(
-    accelerator, cfg: Config, run_dir: Path, state: TrainState, body_label: str
+    accelerator, cfg: Config, run_dir: Path, state: TrainState, body_label: str, launch: dict
 ) -> None:
     """Start the W&B run. Its id is kept in ``state`` (and so in checkpoints): a resumed run
-    continues the same W&B run; under a sweep agent the agent's run id is used."""
+    continues the same W&B run; under a sweep agent the agent's run id is used. The config holds
+    the resolved config, the body model and ``launch`` (:func:`pare.launch.launch_record`)."""
     if not state.wandb_run_id:
         # A sweep agent (wandb agent) has already created the run and passes its id.
         state.wandb_run_id = os.environ.get("WANDB_RUN_ID") or secrets.token_hex(4)
@@ -469,6 +488,7 @@ def start_wandb(
         config={
             **OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True),
             "body_model": body_label,
+            "launch": launch,
         },
         init_kwargs={
             "wandb": {

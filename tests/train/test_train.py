@@ -152,6 +152,14 @@ def test_offline_wandb_run_holds_losses_metrics_config_and_an_image(offline_run)
     assert run["config"]["body_model"].startswith("STAND-IN") and "STAND-IN" in run["tags"]
     assert run["summary"]["best/pa_mpjpe_mm"] == min(by_step[s]["val/pa_mpjpe_mm"] for s in (3, 6))
     assert run["summary"]["nonfinite_steps"] == 1
+    assert run["config"]["launch"] == {
+        "mixed_precision": "no",
+        "configured_precision": "launcher",
+        "num_processes": 1,
+        "batch_per_process": 4,
+        "gradient_accumulation_steps": 1,
+        "global_batch": 4,
+    }
     assert "WANDB_API_KEY" not in (offline_run / "config.yaml").read_text()
 
 
@@ -170,6 +178,11 @@ def test_checkpoints_are_complete_pruned_and_weights_load(offline_run):
     assert meta["body_model"].startswith("STAND-IN") and final["body_model"].startswith("STAND-IN")
     first = (offline_run / "train.log").read_text().splitlines()[0]
     assert "STAND-IN body model (generated; not SMPL): standin" in first
+    # ... and, in the same first line, what the launch gave: one plain-python process, fp32.
+    launch = "mixed precision no (train.mixed_precision=launcher), 1 process, global batch 4 ="
+    assert launch in first
+    config_text = (offline_run / "config.yaml").read_text()
+    assert config_text.startswith("# launch: " + launch)
     assert (offline_run / "overlays" / "step-0000003.png").is_file()
     assert "non-finite loss at step 1: skipped" in (offline_run / "train.log").read_text()
 
