@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from pare.data.packing.samples import BOX_EXTENT
 from pare.geometry import crop_camera_to_full, matrix_to_axis_angle
@@ -78,14 +78,19 @@ def _image_frame(path: Path) -> Frame | Unreadable:
 
 
 def read_image(path: Path) -> np.ndarray:
-    """(H, W, 3) uint8 RGB. Anything Pillow cannot decode (an empty or truncated file, another
-    format under an image suffix, an image past Pillow's decompression-bomb limit) raises
+    """(H, W, 3) uint8 RGB, as an image viewer shows the file: turned by its EXIF orientation
+    (phone photos are stored in sensor orientation), and 16-bit grey rescaled to 8 bits
+    (65535 -> 255) rather than clipped. Anything Pillow cannot decode (an empty or truncated
+    file, another format under an image suffix, an image past Pillow's decompression-bomb limit)
+    or a pixel format with no unambiguous 8-bit picture (32-bit integer or float) raises
     ValueError naming the file."""
     try:
         with Image.open(path) as im:
-            # convert() to the same mode copies: a 100-megapixel JPEG would briefly be held twice
-            return np.asarray(im if im.mode == "RGB" else im.convert("RGB"))
+            im = ImageOps.exif_transpose(im)  # the same image when there is no orientation tag
+            return _to_rgb8(im, path)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        if isinstance(e, _UnsupportedMode):
+            raise ValueError(str(e)) from None
         if path.is_file() and path.stat().st_size == 0:
             reason = "an empty file"
         elif isinstance(e, UnidentifiedImageError):
@@ -95,6 +100,25 @@ def read_image(path: Path) -> np.ndarray:
         raise ValueError(
             f"{path} is not a readable image ({reason}); re-export it as JPEG or PNG"
         ) from e
+
+
+class _UnsupportedMode(ValueError):
+    pass
+
+
+def _to_rgb8(im: Image.Image, path: Path) -> np.ndarray:
+    if im.mode.startswith("I;16") or (im.mode == "I" and im.getextrema()[1] <= 65535):
+        # 16-bit grey (PNG, TIFF; Pillow may open it as "I"): Pillow's convert("RGB") would clip
+        # everything above 255 to white.
+        grey = np.asarray(im, dtype=np.float64) * (255.0 / 65535.0)
+        return np.repeat(np.rint(grey).astype(np.uint8)[..., None], 3, axis=-1)
+    if im.mode in ("I", "F"):
+        raise _UnsupportedMode(
+            f"{path} holds {'32-bit integer' if im.mode == 'I' else 'floating-point'} pixels, "
+            "which have no fixed 8-bit scale; re-export it as an 8-bit JPEG or PNG"
+        )
+    # convert() to the same mode copies: a 100-megapixel JPEG would briefly be held twice
+    return np.asarray(im if im.mode == "RGB" else im.convert("RGB"))
 
 
 def _video_frames(path: Path, step: int) -> Iterator[Frame | Unreadable]:

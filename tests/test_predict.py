@@ -150,6 +150,48 @@ def test_unreadable_images_come_in_their_place_with_a_reason(tmp_path):
     assert isinstance(item, Unreadable) and item.path == folder / "text.jpg"
 
 
+@pytest.mark.parametrize(
+    ("orientation", "marker_at"),
+    [
+        (1, (0, 0)),  # as stored
+        (3, (-1, -1)),  # rotate 180: top-left shows bottom-right
+        (6, (0, -1)),  # rotate 90 clockwise to view (EXIF 6): row 0 is the right side
+        (8, (-1, 0)),  # rotate 90 counter-clockwise (EXIF 8): row 0 is the left side
+    ],
+)
+def test_a_phone_photo_is_read_as_a_viewer_shows_it(tmp_path, orientation, marker_at):
+    """EXIF orientation (TIFF/EXIF tag 0x0112): the stored top-left corner, marked red, lands
+    where the standard's definition puts it, and the sides swap for 6 and 8."""
+    from pare.predict import read_image
+
+    stored = np.full((40, 60, 3), 200, np.uint8)
+    stored[:8, :8] = (255, 0, 0)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    path = tmp_path / f"o{orientation}.jpg"
+    Image.fromarray(stored).save(path, exif=exif, quality=95)
+    shown = read_image(path)
+    assert shown.shape == ((60, 40, 3) if orientation in (6, 8) else (40, 60, 3))
+    rows = slice(0, 8) if marker_at[0] == 0 else slice(-8, None)
+    cols = slice(0, 8) if marker_at[1] == 0 else slice(-8, None)
+    corner = shown[rows, cols].reshape(-1, 3).mean(0)
+    assert corner[0] > 200 and corner[1] < 60, (orientation, corner)
+
+
+def test_16_bit_grey_is_rescaled_not_clipped_and_32_bit_is_refused(tmp_path):
+    from pare.predict import read_image
+
+    ramp = np.array([[0, 257, 32896, 65535]], np.uint16).repeat(3, 0)
+    Image.fromarray(ramp).save(tmp_path / "grey16.png")
+    got = read_image(tmp_path / "grey16.png")
+    assert got.dtype == np.uint8 and got.shape == (3, 4, 3)
+    np.testing.assert_array_equal(got[0, :, 0], [0, 1, 128, 255])  # v * 255 / 65535, rounded
+    assert (got[..., 0] == got[..., 2]).all()
+    Image.fromarray(np.array([[0.5, 2.0]], np.float32)).save(tmp_path / "float.tif")
+    with pytest.raises(ValueError, match=r"float\.tif holds floating-point pixels.*8-bit"):
+        read_image(tmp_path / "float.tif")
+
+
 def test_a_video_that_fails_keeps_its_frames_before(tmp_path, monkeypatch):
     iio = pytest.importorskip("imageio.v3")
     clip = tmp_path / "clip.mp4"
