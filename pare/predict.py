@@ -86,7 +86,9 @@ def read_image(path: Path) -> np.ndarray:
     ValueError naming the file."""
     try:
         with Image.open(path) as im:
-            im = ImageOps.exif_transpose(im)  # the same image when there is no orientation tag
+            # In place: without a tag it returns a copy, and a 100-megapixel photo held twice
+            # is what the overlay limit is there to avoid.
+            ImageOps.exif_transpose(im, in_place=True)
             return _to_rgb8(im, path)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         if isinstance(e, _UnsupportedMode):
