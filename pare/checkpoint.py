@@ -342,9 +342,27 @@ def _earlier_checkpoint(folder: Path) -> str:
     )
 
 
+# torch.compile wraps a module in an OptimizedModule whose state dict prefixes every key with
+# this; exported weights must not depend on whether the run was compiled.
+COMPILED_PREFIX = "_orig_mod."
+
+
+def plain_state_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` with torch.compile's ``_orig_mod.`` removed from every key (anywhere in the
+    key: a compiled submodule prefixes its own part)."""
+    return {k.replace(COMPILED_PREFIX, ""): v for k, v in state.items()}
+
+
+def original_module(model: torch.nn.Module) -> torch.nn.Module:
+    """The module under torch.compile's wrapper (the module itself when not compiled)."""
+    return getattr(model, "_orig_mod", model)
+
+
 def export_weights(model: torch.nn.Module, path: Path, metadata: dict | None = None) -> Path:
-    """The model's state dict as safetensors (atomically), for evaluation and prediction."""
-    return save_weights(model.state_dict(), path, metadata)
+    """The model's state dict as safetensors (atomically), for evaluation and prediction. A
+    torch.compile'd model exports its original module's keys, so the file loads into a plain
+    model."""
+    return save_weights(plain_state_keys(original_module(model).state_dict()), path, metadata)
 
 
 def save_weights(state: dict[str, torch.Tensor], path: Path, metadata: dict | None = None) -> Path:
@@ -383,7 +401,8 @@ def load_weights(model: torch.nn.Module, path: Path) -> dict:
             f"{path} is not a readable safetensors file ({err}); it is truncated or damaged: "
             "export or copy it again"
         ) from None
-    model.load_state_dict(state)
+    # Files exported by earlier versions from a compiled run carry "_orig_mod." keys.
+    original_module(model).load_state_dict(plain_state_keys(state))
     return {k: json.loads(v) for k, v in metadata.items()}
 
 
@@ -416,7 +435,8 @@ def load_initial_weights(model: torch.nn.Module, path: str) -> list[str]:
 
     if not Path(path).is_file():
         raise FileNotFoundError(f"train.init_weights not found: {path}")
-    state = load_file(path)
+    state = plain_state_keys(load_file(path))
+    model = original_module(model)
     own = model.state_dict()
     unknown = sorted(set(state) - set(own))
     misfit = sorted(k for k in state if k in own and state[k].shape != own[k].shape)

@@ -65,6 +65,32 @@ def test_a_truncated_weights_file_is_named(tmp_path):
         load_weights(model, path)
 
 
+def test_weights_of_a_compiled_model_are_the_plain_models_and_either_form_loads(tmp_path):
+    """torch.compile prefixes every state-dict key with ``_orig_mod.``: the export drops it, and
+    files written with it (by earlier versions) load into plain and compiled models alike. (The
+    wrapper compiles lazily: nothing here runs the compiler.)"""
+    from safetensors.torch import load_file, save_file
+
+    model, _ = _model()
+    compiled = torch.compile(model)
+    assert all(k.startswith("_orig_mod.") for k in compiled.state_dict())
+    path = export_weights(compiled, tmp_path / "model.safetensors")
+    saved = load_file(str(path))
+    assert set(saved) == set(model.state_dict())  # the plain model's keys
+    old_style = tmp_path / "old.safetensors"
+    save_file({f"_orig_mod.{k}": v for k, v in saved.items()}, str(old_style))
+    for target_seed, weights in ((1, path), (2, old_style)):
+        plain, _ = _model(seed=target_seed)
+        load_weights(plain, weights)
+        again = torch.compile(_model(seed=target_seed + 10)[0])
+        load_weights(again, weights)
+        fresh = load_initial_weights(_model(seed=target_seed + 20)[0], str(weights))
+        assert fresh == []
+        for name, value in saved.items():
+            assert torch.equal(plain.state_dict()[name], value), name
+            assert torch.equal(again.state_dict()[f"_orig_mod.{name}"], value), name
+
+
 def test_initial_weights_start_the_attention_variant_as_the_vanilla_network(tmp_path):
     vanilla, _ = _model()
     export_weights(vanilla, tmp_path / "init.safetensors")
