@@ -14,7 +14,6 @@ Without it, P and N are the largest actor and frame index predicted.
 
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +22,7 @@ from pare.body.joints import SMPL_PARENTS
 from pare.data.packing.keys import parse_3dpw_key
 from pare.geometry import crop_camera_to_full, global_rotations
 from pare.io_utils import write_bytes_atomic
-from pare.safe_pickle import load_pickle, to_numpy
+from pare.safe_pickle import dumps_numpy1, load_pickle, to_numpy
 
 ORIENTATION_PARTS = (0, 1, 2, 4, 5, 16, 17, 18, 19)
 
@@ -118,9 +117,10 @@ def save_3dpw_predictions(predictions: dict[str, dict], out_dir: Path) -> list[P
     """One ``<sequence>.pkl`` per sequence under ``out_dir``; returns the paths."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    # Protocol 2 reads in every Python the evaluator may run under.
+    # Protocol 2 with numpy 1's module names: the evaluator's own setup is Python 3.7 with
+    # numpy <= 1.21, which has no numpy._core.
     return [
-        write_bytes_atomic(out_dir / f"{sequence}.pkl", pickle.dumps(arrays, protocol=2))
+        write_bytes_atomic(out_dir / f"{sequence}.pkl", dumps_numpy1(arrays))
         for sequence, arrays in sorted(predictions.items())
     ]
 

@@ -11,6 +11,11 @@ containers) and replaces the two foreign classes the official files use with ine
   for that matrix type (which changed between the scipy that wrote the files and today's).
 
 Everything else is refused with :class:`UnsafePickleError` before any code it names could run.
+
+The writing side, :func:`dumps_numpy1`, makes pickles for other tools (the official 3DPW
+evaluator's Python 3.7 with numpy <= 1.21, SMPL readers with an old scipy): protocol 2, with the
+module names numpy 1 and old scipy have (``numpy.core``, ``scipy.sparse.csc``) where numpy 2
+and today's scipy would name ``numpy._core`` and ``scipy.sparse._csc``.
 """
 
 from __future__ import annotations
@@ -24,7 +29,16 @@ from typing import Any
 import numpy as np
 import scipy.sparse
 
-__all__ = ["ChumpyStub", "SparseStub", "UnsafePickleError", "load_pickle", "to_numpy"]
+__all__ = [
+    "ChumpyStub",
+    "Numpy1Pickler",
+    "SparseStub",
+    "UnsafePickleError",
+    "dumps_numpy1",
+    "legacy_global_name",
+    "load_pickle",
+    "to_numpy",
+]
 
 
 class UnsafePickleError(pickle.UnpicklingError):
@@ -171,3 +185,45 @@ def to_numpy(value: Any) -> np.ndarray:
     if isinstance(value, (ChumpyStub, SparseStub)):
         return value.to_array()
     return np.asarray(value)
+
+
+# Today's module paths -> the ones numpy 1.x and scipy < 1.8 have (both still import the old
+# names, so files written with them load everywhere).
+_LEGACY_MODULES = (
+    ("numpy._core", "numpy.core"),
+    ("scipy.sparse._csc", "scipy.sparse.csc"),
+    ("scipy.sparse._csr", "scipy.sparse.csr"),
+    ("scipy.sparse._coo", "scipy.sparse.coo"),
+)
+
+
+def legacy_global_name(module: str) -> str:
+    """``module`` as numpy 1 / old scipy name it (``numpy._core.multiarray`` ->
+    ``numpy.core.multiarray``); other modules unchanged."""
+    for new, old in _LEGACY_MODULES:
+        if module == new or module.startswith(new + "."):
+            return old + module[len(new) :]
+    return module
+
+
+class Numpy1Pickler(pickle._Pickler):
+    """Pickler that names numpy 1's and old scipy's modules (:func:`legacy_global_name`). The
+    pure-Python pickler: the C one offers no hook for the names it writes."""
+
+    def save_global(self, obj: Any, name: str | None = None) -> None:
+        module = getattr(obj, "__module__", None)
+        name = name or getattr(obj, "__qualname__", None)
+        legacy = legacy_global_name(module) if module else module
+        if module and legacy != module:
+            self.write(pickle.GLOBAL + f"{legacy}\n{name}\n".encode("ascii"))
+            self.memoize(obj)
+        else:
+            super().save_global(obj, name)
+
+
+def dumps_numpy1(obj: Any) -> bytes:
+    """``obj`` as a protocol-2 pickle that numpy 1.x (and Python 3.7+) can load: no global it
+    names is under ``numpy._core`` or scipy's private sparse modules."""
+    buf = io.BytesIO()
+    Numpy1Pickler(buf, protocol=2).dump(obj)
+    return buf.getvalue()

@@ -8,7 +8,6 @@ import hashlib
 import io
 import json
 import os
-import pickle
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from pare.body.parts import check_part_labels
 from pare.body.smpl_io import SMPL_SOURCE_HINT, read_smpl_file
 from pare.config import ConfigError
 from pare.io_utils import write_json_atomic
+from pare.safe_pickle import dumps_numpy1
 
 # Beside a generated dataset's files: the identity of the body model that rendered it.
 BODY_MODEL_RECORD = "body_model.json"
@@ -86,8 +86,8 @@ def write_standin(folder: Path) -> None:
             "bs_type": "lrotmin",
             "standin_version": standin.STANDIN_VERSION,
         }
-        with (folder / f"SMPL_{gender.upper()}.pkl").open("wb") as f:
-            pickle.dump(data, f, protocol=2)
+        # numpy 1's and old scipy's module names, as SMPL's own files: other tools load it.
+        (folder / f"SMPL_{gender.upper()}.pkl").write_bytes(dumps_numpy1(data))
     np.save(folder / "J_regressor_h36m.npy", m.J_regressor_h36m)
     np.save(folder / "J_regressor_extra.npy", m.J_regressor_extra)
     np.save(folder / "smpl_part_labels.npy", m.part_labels)

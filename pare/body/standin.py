@@ -33,7 +33,7 @@ from pare.body.joints import SMPL_PARENTS, SMPLX_EXTRA_VERTEX_JOINTS
 
 NUM_VERTICES = 6890
 NUM_FACES = 13776
-STANDIN_VERSION = 2  # 2: J_regressor_extra.npy
+STANDIN_VERSION = 3  # 2: J_regressor_extra.npy; 3: pickles with numpy 1's module names
 
 # Approximate neutral SMPL rest joints in metres (Y up, +x = subject's left, +z forward).
 REST_JOINTS = np.array([

@@ -18,6 +18,8 @@ def model_arrays(standin_folder):
     return read_smpl_file(standin_folder / "SMPL_NEUTRAL.pkl")
 
 
+# The file names scipy.sparse.csc, as SMPL's own files do; today's scipy warns on that name.
+@pytest.mark.filterwarnings("ignore:Please import `csc_matrix`:DeprecationWarning")
 def test_files_have_smpl_layout(standin_folder, model_arrays):
     # Plain pickle with latin1, as smplx and user code load SMPL files.
     with (standin_folder / "SMPL_NEUTRAL.pkl").open("rb") as f:

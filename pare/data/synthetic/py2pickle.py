@@ -18,15 +18,11 @@ from typing import Any, ClassVar
 import numpy as np
 
 from pare.io_utils import write_bytes_atomic
-
-# Today's module paths -> the ones the real (Python 2 era) files name.
-_RENAMED_GLOBALS = {
-    ("numpy._core.multiarray", "_reconstruct"): b"numpy.core.multiarray\n_reconstruct\n",
-    ("scipy.sparse._csc", "csc_matrix"): b"scipy.sparse.csc\ncsc_matrix\n",
-}
+from pare.safe_pickle import Numpy1Pickler
 
 
-class _Py2Pickler(pickle._Pickler):
+class _Py2Pickler(Numpy1Pickler):
+    # Module names as numpy 1 / old scipy write them (the real files' era), str as Python 2's.
     dispatch: ClassVar[dict] = dict(pickle._Pickler.dispatch)
 
     def _write_py2_str(self, data: bytes, obj: Any) -> None:
@@ -48,14 +44,6 @@ class _Py2Pickler(pickle._Pickler):
             pickle._Pickler.save_str(self, obj)
         else:
             self._write_py2_str(data, obj)
-
-    def save_global(self, obj: Any, name: str | None = None) -> None:
-        key = (getattr(obj, "__module__", None), name or getattr(obj, "__qualname__", None))
-        if key in _RENAMED_GLOBALS:
-            self.write(pickle.GLOBAL + _RENAMED_GLOBALS[key])
-            self.memoize(obj)
-        else:
-            super().save_global(obj, name)
 
     dispatch[bytes] = save_bytes_as_py2_str
     dispatch[str] = save_str_as_py2_str
