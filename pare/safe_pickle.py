@@ -117,10 +117,16 @@ def _encode_latin1(text: str, encoding: str = "latin1") -> bytes:
 
 
 def _numpy_core(name: str) -> Any:
-    # numpy 2 moved numpy.core to numpy._core; old pickles name the former.
-    from numpy import _core
+    # numpy 2 moved numpy.core to numpy._core (old pickles name the former, new ones the
+    # latter); numpy 1.24 has no numpy._core and 1.26 only a partial one without multiarray.
+    import importlib
 
-    return getattr(_core.multiarray, name)
+    for module in ("numpy._core.multiarray", "numpy.core.multiarray"):
+        try:
+            return getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError):
+            continue
+    raise ImportError(f"numpy {np.__version__} has no multiarray.{name}")
 
 
 _ALLOWED: dict[tuple[str, str], Any] = {
