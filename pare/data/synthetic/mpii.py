@@ -46,8 +46,6 @@ _ACTS = {
     "wave": ("miscellaneous", "waving", 2),
     "squat": ("conditioning exercise", "squats", 3),
 }
-# SPIN's 24 "ground-truth" keypoint slots (after 25 OpenPose ones) that MPII's joints fill.
-_SPIN_SLOT_OF_MPII = (0, 1, 2, 3, 4, 5, 14, 15, 12, 13, 6, 7, 8, 9, 10, 11)
 
 
 @dataclass
@@ -371,11 +369,8 @@ def _eft_item(person: dict, image_name: str, annot_id: int) -> dict:
     gt = np.zeros((49, 3))
     for j in range(16):
         if inside[j]:
-            gt[25 + _SPIN_SLOT_OF_MPII[j]] = [
-                jxy[j, 0],
-                jxy[j, 1],
-                1.0,
-            ]  # annotated: confidence 1, as SPIN stores MPII
+            # SPIN's slot for MPII joint j; annotated: confidence 1, as SPIN stores MPII
+            gt[MPII16_TO_49[j]] = [jxy[j, 0], jxy[j, 1], 1.0]
     return {
         "parm_pose": rot.tolist(),
         "parm_shape": person["betas"].tolist(),
