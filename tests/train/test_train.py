@@ -616,7 +616,7 @@ def test_predict_on_images_folders_and_video(offline_run, raw, tmp_path, test_ou
     for p, kp in enumerate(keypoints):
         arrays = np.load(tmp_path / "a" / f"image_00000_p{p}.npz")
         saved = json.loads((tmp_path / "a" / f"image_00000_p{p}.json").read_text())
-        assert set(saved) >= {"pose", "betas", "camera", "translation", "joints_3d", "vertices"}
+        assert set(saved) >= {"pose", "betas", "camera", "translation", "smpl_joints", "vertices"}
         np.testing.assert_allclose(saved["translation"], arrays["translation"], atol=1e-5)
         # The mesh, projected with the saved intrinsics, covers the person's keypoint box.
         uvw = arrays["vertices"] @ arrays["intrinsics"].T
