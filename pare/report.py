@@ -55,8 +55,10 @@ METRIC_LABELS = {
     "pa_mpjpe": "PA-MPJPE",
     "pve": "PVE pelvis-aligned",
     "pve_pare": "PVE as PARE",
-    "pck50": "PCK@50",
-    "auc": "AUC",
+    # Ours are on the 14 Procrustes-aligned evaluation joints; the official 3DPW evaluator's PCK
+    # and AUC use 12 root-aligned SMPL joints (and AUC as a fraction): "PA-" keeps them apart.
+    "pck50": "PA-PCK@50",
+    "auc": "PA-AUC",
 }
 
 

@@ -57,13 +57,13 @@ def test_metrics_markdown():
     overall = {name: r["overall"] for name, r in REPORT["3dpw"].items()}
     assert metrics_markdown(overall, METRICS) == (
         "| model                | MPJPE (mm) | PA-MPJPE (mm) | PVE pelvis-aligned (mm) "
-        "| PVE as PARE (mm) | PCK@50 (%) | AUC (%) |\n"
+        "| PVE as PARE (mm) | PA-PCK@50 (%) | PA-AUC (%) |\n"
         "|----------------------|------------|---------------|-------------------------"
-        "|------------------|------------|---------|\n"
+        "|------------------|---------------|------------|\n"
         "| PARE (hrnet, step 4) |       93.4 |          61.2 |                   110.0 "
-        "|            120.0 |       40.0 |    55.5 |\n"
+        "|            120.0 |          40.0 |       55.5 |\n"
         "| mean-pose baseline   |      103.4 |          51.2 |                   130.1 "
-        "|            130.0 |       50.0 |    55.5 |"
+        "|            130.0 |          50.0 |       55.5 |"
     )
     sequences = REPORT["3dpw"]["PARE (hrnet, step 4)"]["per_sequence"]
     assert metrics_markdown(sequences, ("pa_mpjpe", "mpjpe", "pve"), "sequence") == (
