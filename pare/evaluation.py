@@ -1,5 +1,5 @@
 """3DPW-protocol evaluation: MPJPE, PA-MPJPE and two PVEs in millimetres, PCK@50 mm and AUC in
-percent, per sample.
+percent, and the official 3DPW evaluator's PCK and AUC, per sample.
 
 Joints: the H36M regressor on the mesh, pelvis (H36M joint 0) subtracted, the 14 evaluation
 joints. Ground truth comes from the *gendered* SMPL with the sample's pose and betas. PVE
@@ -9,8 +9,10 @@ outputs as they come, without translation or any alignment (both bodies at SMPL'
 as PARE's ``pare/core/trainer.py`` ``validation_step`` computes ``v2v`` with
 ``pare/utils/eval_utils.py`` ``compute_error_verts``; it is the number PARE's paper reports as
 PVE. PCK and AUC count the Procrustes-aligned joints within 50 mm, and within each threshold 0,
-1, ..., 199 mm averaged (the official 3DPW evaluator's thresholds). Samples without SMPL ground
-truth (MPII) are left out.
+1, ..., 199 mm averaged (the official 3DPW evaluator's thresholds); reports label them PA-PCK@50
+and PA-AUC. ``pck50_official`` and ``auc_official`` are the official evaluator's own definitions
+(:func:`pare.metrics.pck_auc_3dpw`: 12 SMPL joints, root-aligned, AUC as a fraction), on SMPL's
+kinematic joints of the same two bodies. Samples without SMPL ground truth (MPII) are left out.
 """
 
 from __future__ import annotations
@@ -31,31 +33,43 @@ from pare.metrics import (
     mpjpe,
     pa_mpjpe,
     pck_3d,
+    pck_auc_3dpw,
     pckh_summary,
     pve,
     similarity_align,
 )
 
-METRICS = ("mpjpe", "pa_mpjpe", "pve", "pve_pare", "pck50", "auc")
-UNITS = {"mpjpe": "mm", "pa_mpjpe": "mm", "pve": "mm", "pve_pare": "mm", "pck50": "%", "auc": "%"}
+METRICS = ("mpjpe", "pa_mpjpe", "pve", "pve_pare", "pck50", "auc", "pck50_official", "auc_official")
+UNITS = {
+    "mpjpe": "mm",
+    "pa_mpjpe": "mm",
+    "pve": "mm",
+    "pve_pare": "mm",
+    "pck50": "%",
+    "auc": "%",
+    "pck50_official": "%",
+    "auc_official": "fraction",  # as the official evaluator prints it
+}
 AUC_THRESHOLDS_M = [t / 1000.0 for t in range(200)]
 
 
 def metric_key(name: str) -> str:
-    """The logged name of a metric, with its unit: ``pa_mpjpe_mm``, ``pck50_pct``."""
+    """The logged name of a metric, with its unit: ``pa_mpjpe_mm``, ``pck50_pct``,
+    ``auc_official_fraction``."""
     return f"{name}_{'pct' if UNITS[name] == '%' else UNITS[name]}"
 
 
 def sample_errors(pred: dict, gt: dict) -> dict[str, np.ndarray]:
     """Per-sample metrics (see :data:`UNITS`) from predicted and ground-truth ``vertices``
-    (B, 6890, 3) and ``h36m_3d`` (B, 17, 3) in metres, as the body model outputs them (no
-    translation: ``pve_pare`` compares them as they are)."""
+    (B, 6890, 3), ``h36m_3d`` (B, 17, 3) and ``smpl_joints`` (B, 24, 3) in metres, as the body
+    model outputs them (no translation: ``pve_pare`` compares them as they are)."""
     pred_pelvis, gt_pelvis = pred["h36m_3d"][:, :1].float(), gt["h36m_3d"][:, :1].float()
     pred_j = (pred["h36m_3d"].float() - pred_pelvis)[:, list(H36M_TO_EVAL14)]  # (B, 14, 3)
     gt_j = (gt["h36m_3d"].float() - gt_pelvis)[:, list(H36M_TO_EVAL14)]
     pred_v = pred["vertices"].float() - pred_pelvis  # (B, V, 3)
     gt_v = gt["vertices"].float() - gt_pelvis
     aligned = similarity_align(pred_j, gt_j)  # (B, 14, 3) float64
+    official_pck, official_auc = pck_auc_3dpw(pred["smpl_joints"], gt["smpl_joints"])  # (B,) each
     return {
         "mpjpe": 1000.0 * mpjpe(pred_j, gt_j).double().cpu().numpy(),
         "pa_mpjpe": 1000.0 * pa_mpjpe(pred_j, gt_j).double().cpu().numpy(),
@@ -65,6 +79,8 @@ def sample_errors(pred: dict, gt: dict) -> dict[str, np.ndarray]:
         * pve(pred["vertices"].float(), gt["vertices"].float()).double().cpu().numpy(),
         "pck50": 100.0 * pck_3d(aligned, gt_j, 0.05).cpu().numpy(),
         "auc": 100.0 * auc_3d(aligned, gt_j, AUC_THRESHOLDS_M).cpu().numpy(),
+        "pck50_official": 100.0 * official_pck.cpu().numpy(),
+        "auc_official": official_auc.cpu().numpy(),
     }
 
 

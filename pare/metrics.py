@@ -1,4 +1,5 @@
-"""Pose and shape metrics: MPJPE, PA-MPJPE, PVE, 3D PCK/AUC and MPII's PCKh.
+"""Pose and shape metrics: MPJPE, PA-MPJPE, PVE, 3D PCK/AUC (ours and the official 3DPW
+evaluator's) and MPII's PCKh.
 
 3D metrics take ``(B, N, 3)`` tensors and return float64 per-sample errors ``(B,)`` in the inputs' units
 (multiply metres by 1000 for the usual mm). Alignment to the root joint is the caller's step
@@ -211,6 +212,31 @@ def auc_3d(
     err = (pred.double() - gt.double()).norm(dim=-1)  # (B, N)
     t = torch.as_tensor(thresholds, dtype=torch.float64, device=err.device)
     return (err[..., None] <= t).double().mean(-2).mean(-1)
+
+
+# The official 3DPW evaluator's PCK joints (aymenmir1/3dpw-eval, evaluate.py SMPL_MAJOR_JOINTS):
+# SMPL's hips, knees, ankles, shoulders, elbows and wrists.
+SMPL_MAJOR_12 = (1, 2, 4, 5, 7, 8, 16, 17, 18, 19, 20, 21)
+
+
+def pck_auc_3dpw(pred: torch.Tensor, gt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The official 3DPW evaluator's PCK@50 mm (a fraction) and AUC (a fraction), per sample.
+
+    ``pred`` and ``gt`` are SMPL's 24 kinematic joints (B, 24, 3) in metres. As the evaluator
+    (aymenmir1/3dpw-eval, evaluate.py ``compute_errors``, ``compute_pck``, ``compute_auc``):
+    both sets are moved so that SMPL's root (joint 0) is at the origin, no Procrustes; the error
+    of the 12 joints :data:`SMPL_MAJOR_12` in mm; PCK counts errors <= 50 mm; AUC integrates
+    the PCK at the thresholds 0, 1, ..., 199 mm, linearly interpolated, over the thresholds
+    scaled to [0, 1] (so a fraction; the trapezoid rule is that integral exactly). Both are
+    linear in the samples, so their means over frames are the evaluator's pooled numbers.
+    """
+    pred = pred.double() - pred[:, :1].double()
+    gt = gt.double() - gt[:, :1].double()
+    err = 1000.0 * (pred - gt)[:, list(SMPL_MAJOR_12)].norm(dim=-1)  # (B, 12) mm
+    thresholds = torch.arange(200, dtype=torch.float64, device=err.device)
+    curve = (err[..., None] <= thresholds).double().mean(-2)  # (B, 200)
+    auc = torch.trapezoid(curve, thresholds / thresholds[-1], dim=-1)
+    return (err <= 50.0).double().mean(-1), auc
 
 
 PCKH_EXCLUDED = (MPII_16.index("pelvis"), MPII_16.index("thorax"))

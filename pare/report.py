@@ -59,14 +59,20 @@ METRIC_LABELS = {
     # and AUC use 12 root-aligned SMPL joints (and AUC as a fraction): "PA-" keeps them apart.
     "pck50": "PA-PCK@50",
     "auc": "PA-AUC",
+    "pck50_official": "PCK@50 (3DPW evaluator)",
+    "auc_official": "AUC (3DPW evaluator)",
 }
 
 
 def metrics_markdown(rows: dict[str, dict], columns: Sequence[str], first: str = "model") -> str:
     """A padded markdown table: one row per name (column ``first``), the metrics ``columns``
-    (names in :data:`pare.evaluation.METRICS`) with their units, values with one decimal."""
+    (names in :data:`pare.evaluation.METRICS`) with their units, values with one decimal (three
+    for fractions)."""
     header = [first, *(f"{METRIC_LABELS[c]} ({UNITS[c]})" for c in columns)]
-    cells = [[name, *(f"{values[c]:.1f}" for c in columns)] for name, values in rows.items()]
+    digits = {c: 3 if UNITS[c] == "fraction" else 1 for c in columns}
+    cells = [
+        [name, *(f"{values[c]:.{digits[c]}f}" for c in columns)] for name, values in rows.items()
+    ]
     return markdown_table(header, cells, right=[False, *(True for _ in columns)])
 
 

@@ -62,10 +62,12 @@ def test_sample_errors_against_a_loop():
     pred = {
         "h36m_3d": torch.randn(3, 17, 3, generator=g),
         "vertices": torch.randn(3, 50, 3, generator=g),
+        "smpl_joints": torch.randn(3, 24, 3, generator=g),
     }
     gt = {
         "h36m_3d": torch.randn(3, 17, 3, generator=g),
         "vertices": torch.randn(3, 50, 3, generator=g),
+        "smpl_joints": torch.randn(3, 24, 3, generator=g),
     }
     errors = sample_errors(pred, gt)
     for b in range(3):
@@ -103,7 +105,7 @@ def _ground_truth(n=6, seed=0):
 
 def _about_pelvis(gt, fn):
     pelvis = gt["h36m_3d"][:, :1]
-    return {k: fn(gt[k] - pelvis) + pelvis for k in ("h36m_3d", "vertices")}
+    return {k: fn(gt[k] - pelvis) + pelvis for k in ("h36m_3d", "vertices", "smpl_joints")}
 
 
 def test_oracle_predictions_score_zero_error_and_full_pck():
@@ -114,6 +116,7 @@ def test_oracle_predictions_score_zero_error_and_full_pck():
     assert (errors["pck50"] == 100).all()
     # Every threshold counts but 0 mm, where float noise of the alignment decides (1 of 200).
     assert (errors["auc"] >= 99.5).all()
+    assert (errors["pck50_official"] == 100).all() and np.allclose(errors["auc_official"], 1.0)
 
 
 def test_known_perturbations_give_the_analytic_errors():
@@ -147,9 +150,10 @@ def test_known_perturbations_give_the_analytic_errors():
     # A translation: the metrics are pelvis-aligned, so nothing changes, but PARE's PVE, which
     # aligns nothing, is the length of the shift for every sample.
     shift = torch.tensor([0.3, -0.2, 2.0])
-    errors = sample_errors({k: gt[k] + shift for k in ("h36m_3d", "vertices")}, gt)
+    errors = sample_errors({k: gt[k] + shift for k in ("h36m_3d", "vertices", "smpl_joints")}, gt)
     for name in ("mpjpe", "pa_mpjpe", "pve"):
         assert errors[name].max() < 1e-3, name
+    assert (errors["pck50_official"] == 100).all()  # root-aligned too
     np.testing.assert_allclose(
         errors["pve_pare"], 1000 * np.sqrt(0.3**2 + 0.2**2 + 2.0**2), rtol=1e-5
     )
@@ -250,3 +254,46 @@ def test_head_size_is_the_head_box_diagonal_in_input_pixels(raw, packed):
         scale = np.linalg.norm(a_in - b_in) / np.linalg.norm(a_img - b_img)
         diag = np.hypot(*(person.head_box[2:] - person.head_box[:2]))
         assert float(batch["head_size"][j]) == pytest.approx(0.6 * diag * scale, rel=1e-3)
+
+
+def _official_3dpw_pck_auc(pred: np.ndarray, gt: np.ndarray) -> tuple[float, float]:
+    """The official 3DPW evaluator's PCK (%) and AUC over a set of frames, written from its
+    evaluate.py (aymenmir1/3dpw-eval): root-aligned joints in mm, a per-frame loop, errors of
+    SMPL_MAJOR_JOINTS, PCK at 50 mm, and AUC as scipy's quad over np.interp of the PCK at
+    0..199 mm against the thresholds divided by 199."""
+    from scipy import integrate
+
+    major = [1, 2, 4, 5, 7, 8, 16, 17, 18, 19, 20, 21]
+    errors = []
+    for p, t in zip(pred * 1000.0, gt * 1000.0, strict=True):
+        errors.append(np.sqrt(np.sum(((t - t[0]) - (p - p[0])) ** 2, axis=1))[major])
+    errors = np.stack(errors)
+
+    def pck(threshold):
+        return np.mean(np.mean(errors <= threshold, axis=1))
+
+    xs = np.arange(0.0, 200.0)
+    ys = [pck(x) for x in xs]
+    auc = integrate.quad(lambda x: np.interp(x, xs / xs.max(), ys), 0.0, 1.0, limit=500)[0]
+    return 100.0 * pck(50.0), auc
+
+
+def test_official_pck_and_auc_match_the_3dpw_evaluators_definitions():
+    gt = _ground_truth(n=8, seed=3)
+    g = torch.Generator().manual_seed(4)
+    # Errors spread over the whole 0..200 mm curve, plus a translation the root alignment removes
+    # and a rotation it does not (the official PCK has no Procrustes).
+    rot = torch.as_tensor(Rotation.from_rotvec([0.0, 0.04, 0.0]).as_matrix(), dtype=torch.float32)
+    noisy = {
+        k: v @ rot.T + 0.02 * torch.randn(v.shape, generator=g) + torch.tensor([0.2, 0.0, 3.0])
+        for k, v in gt.items()
+    }
+    errors = sample_errors(noisy, gt)
+    pck, auc = _official_3dpw_pck_auc(
+        noisy["smpl_joints"].double().numpy(), gt["smpl_joints"].double().numpy()
+    )
+    assert 5 < pck < 95 and 0.05 < auc < 0.95  # the example exercises both ends
+    assert errors["pck50_official"].mean() == pytest.approx(pck, abs=1e-9)
+    assert errors["auc_official"].mean() == pytest.approx(auc, abs=1e-6)
+    # Not our Procrustes-aligned numbers on the 14 H36M joints: the rotation counts here.
+    assert errors["pck50"].mean() > errors["pck50_official"].mean()

@@ -1,6 +1,8 @@
 """Export for the official 3DPW evaluator: the camera conversion, the global part rotations and
 the per-sequence files, each checked against an independent computation."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -8,20 +10,17 @@ from scipy.spatial.transform import Rotation
 
 from pare.body.joints import SMPL_PARENTS
 from pare.export import (
+    EVALUATOR_SPLITS,
+    EVALUATOR_TRACKS,
     ORIENTATION_PARTS,
     assemble_3dpw_predictions,
     export_fields,
     ground_truth_frames,
     read_3dpw_predictions,
-    save_3dpw_predictions,
+    write_evaluator_input,
+    write_prediction_file,
 )
 from pare.geometry import crop_camera_to_full, global_rotations
-
-
-def _write(keys, joints, orient, out_dir, truth=None):
-    """Assemble and save, as train/evaluate.py's --export-3dpw does: (paths, missing)."""
-    predictions, missing = assemble_3dpw_predictions(keys, joints, orient, truth)
-    return save_3dpw_predictions(predictions, out_dir), missing
 
 
 def test_full_camera_translation_reproduces_the_weak_perspective_image():
@@ -73,20 +72,19 @@ def test_export_round_trip_gives_each_key_its_joints_and_orientations(tmp_path):
     walk_valid = np.zeros((2, 10), bool)
     walk_valid[1, 5:9] = walk_valid[0, 2] = True  # scored: (1, 5..8) and (0, 2)
     truth = {
-        "downtown_walk_00": walk_valid,
-        "outdoors_fencing_01": np.ones((1, 5), bool),
-        "unused_00": np.ones((1, 3), bool),
+        "test": {"downtown_walk_00": walk_valid, "unused_00": np.ones((1, 3), bool)},
+        "validation": {"outdoors_fencing_01": np.ones((1, 5), bool)},
     }
-    files, missing = _write(keys, joints, orient, tmp_path, truth)
-    # Every ground-truth sequence gets a file; scored frames without a prediction are counted:
-    # walk (1, 5), (1, 6), (1, 8); fencing 0..3; all 3 of unused.
-    assert sorted(p.name for p in files) == [
-        "downtown_walk_00.pkl",
-        "outdoors_fencing_01.pkl",
-        "unused_00.pkl",
-    ]
+    predictions, missing = assemble_3dpw_predictions(keys, joints, orient, truth)
+    # Every ground-truth sequence of each split gets arrays; scored frames without a prediction
+    # are counted: walk (1, 5), (1, 6), (1, 8); fencing 0..3; all 3 of unused.
+    assert {split: sorted(seqs) for split, seqs in predictions.items()} == {
+        "test": ["downtown_walk_00", "unused_00"],
+        "validation": ["outdoors_fencing_01"],
+    }
     assert missing == 3 + 4 + 3
-    walk = read_3dpw_predictions(tmp_path / "downtown_walk_00.pkl")
+    path = write_prediction_file(tmp_path / "walk.pkl", predictions["test"]["downtown_walk_00"])
+    walk = read_3dpw_predictions(path)
     assert walk["jointPositions"].shape == (2, 10, 24, 3)
     assert walk["orientations"].shape == (2, 10, 9, 3, 3)
     np.testing.assert_array_equal(walk["jointPositions"][1, 7], joints[0])
@@ -95,17 +93,108 @@ def test_export_round_trip_gives_each_key_its_joints_and_orientations(tmp_path):
     filled = np.ones((2, 10), bool)
     filled[1, 7] = filled[0, 2] = False
     assert not walk["jointPositions"][filled].any()  # frames without a prediction stay zero
-    fencing = read_3dpw_predictions(tmp_path / "outdoors_fencing_01.pkl")
+    fencing = predictions["validation"]["outdoors_fencing_01"]
     np.testing.assert_array_equal(fencing["jointPositions"][0, 4], joints[2])
-    # Without the ground truth: the sequences predicted, up to the largest actor and frame.
-    inferred, none = _write(keys, joints, orient, tmp_path / "bare")
-    assert none == 0 and len(inferred) == 2
-    assert read_3dpw_predictions(inferred[0])["jointPositions"].shape[:2] == (2, 8)
     with pytest.raises(ValueError, match="outside the ground truth"):
-        small = {**truth, "downtown_walk_00": np.ones((1, 10), bool)}
-        _write(keys, joints, orient, tmp_path / "x", small)
+        small = {**truth, "test": {**truth["test"], "downtown_walk_00": np.ones((1, 10), bool)}}
+        assemble_3dpw_predictions(keys, joints, orient, small)
     with pytest.raises(ValueError, match="not in the ground truth"):
-        _write(keys, joints, orient, tmp_path / "y", {"unused_00": truth["unused_00"]})
+        assemble_3dpw_predictions(keys, joints, orient, {"test": truth["test"]})
+
+
+def _evaluator_pairs(input_dir):
+    """The official evaluator's file pairing and track count, written from its evaluate.py
+    (aymenmir1/3dpw-eval, ``get_paths``, ``get_data``): for train, validation and test, glob
+    ``<dir>/<split>/*.pkl`` under ref/ and res/; assert equal counts; sort each whole list and
+    zip; count the actor tracks (len of the ground truth's genders) it reads predictions for."""
+    import glob
+    import os
+
+    from pare.safe_pickle import load_pickle
+
+    gt, pred = [], []
+    for key in ("train", "validation", "test"):
+        gt += sorted(glob.glob(os.path.join(input_dir, "ref", key, "") + "*.pkl"))
+        pred += sorted(glob.glob(os.path.join(input_dir, "res", key, "") + "*.pkl"))
+    assert len(gt) == len(pred)
+    pairs, tracks = list(zip(sorted(gt), sorted(pred), strict=True)), 0
+    for path_gt, path_pred in pairs:
+        data_gt, data_pred = load_pickle(path_gt), load_pickle(path_pred)
+        for i in range(len(data_gt["genders"])):
+            valid = np.asarray(data_gt["campose_valid"][i]).astype(bool)
+            # its check_valid_inds, then its indexing of the prediction
+            valid &= np.abs(np.asarray(data_gt["poses2d"][i])).mean(axis=(1, 2)) != 0
+            np.asarray(data_pred["jointPositions"])[i, np.where(valid)[0]]
+            tracks += 1
+    return pairs, tracks
+
+
+def _export_splits(raw, splits, folder, body_folder=None):
+    truth = {split: ground_truth_frames(raw / "3dpw", split) for split in splits}
+    keys = [
+        f"3dpw_{seq}_a{a}_f{f:05d}"
+        for frames in truth.values()
+        for seq, valid in frames.items()
+        for a, f in zip(*np.nonzero(valid), strict=True)
+    ]
+    joints, orient = np.ones((len(keys), 24, 3)), np.zeros((len(keys), 9, 3, 3))
+    predictions, missing = assemble_3dpw_predictions(keys, joints, orient, truth)
+    assert missing == 0
+    return write_evaluator_input(predictions, folder, raw / "3dpw", body_folder)
+
+
+def test_evaluator_input_follows_the_evaluators_path_rules(raw, tmp_path, standin_folder):
+    folder = tmp_path / "input_dir"
+    # One split: the evaluator pairs every file by name, reads every track, and the
+    # instructions give the NUM_SEQS it needs for them.
+    one = _export_splits(raw, ["validation"], folder, standin_folder)
+    pairs, tracks = _evaluator_pairs(folder)
+    assert pairs and all(Path(g).name == Path(p).name for g, p in pairs)
+    assert {Path(g).parent.name for g, _ in pairs} == {"validation"}
+    assert one.tracks == {"validation": tracks} and one.smpl_missing == []
+    assert f"NUM_SEQS = {tracks}" in one.instructions()
+    assert (folder / "HOW_TO_SCORE.txt").read_text().strip() == one.instructions()
+    for theirs in ("basicmodel_m_lbs_10_207_0_v1.0.0.pkl", "basicModel_f_lbs_10_207_0_v1.0.0.pkl"):
+        assert (folder / "ref" / theirs).resolve().parent == standin_folder.resolve()
+    stale = folder / "res" / "validation" / "stale.pkl"
+    stale.write_bytes(b"")
+
+    # All splits: every ground-truth file has its prediction, and the export replaced res/ as a
+    # whole (the stale file is gone).
+    every = _export_splits(raw, list(EVALUATOR_SPLITS), folder)
+    pairs, tracks = _evaluator_pairs(folder)
+    n_files = sum(
+        len(list((raw / "3dpw/sequenceFiles" / s).glob("*.pkl"))) for s in EVALUATOR_SPLITS
+    )
+    assert len(pairs) == n_files and not stale.exists()
+    assert every.total_tracks == tracks and set(every.tracks) == set(EVALUATOR_SPLITS)
+    if tracks != EVALUATOR_TRACKS:  # the synthetic dataset is smaller than 3DPW's 87 tracks
+        assert f"NUM_SEQS = {tracks}" in every.instructions()
+
+    # Back to one split: the other splits' ref links go, so the counts still agree.
+    _export_splits(raw, ["test"], folder)
+    pairs, _ = _evaluator_pairs(folder)
+    assert {Path(g).parent.name for g, _ in pairs} == {"test"}
+    assert sorted(p.name for p in (folder / "ref").iterdir() if p.is_symlink() and p.is_dir()) == [
+        "test"
+    ]
+    # A real folder for a split not exported would pair with nothing: refused, naming it.
+    (folder / "ref" / "train").mkdir()
+    with pytest.raises(ValueError, match=r"ref/train holds a split that was not exported"):
+        _export_splits(raw, ["test"], folder)
+
+
+def test_instructions_for_all_87_tracks_and_missing_smpl_files(tmp_path):
+    from pare.export import EvaluatorInput
+
+    full = EvaluatorInput(tmp_path, [], {"train": 34, "validation": 16, "test": 37}, [])
+    assert "NUM_SEQS" not in full.instructions()
+    assert f"python evaluate.py {tmp_path.resolve()} {tmp_path.resolve() / 'scores'}" in (
+        full.instructions()
+    )
+    part = EvaluatorInput(tmp_path, [], {"test": 37}, ["basicmodel_m_lbs_10_207_0_v1.0.0.pkl"])
+    text = part.instructions()
+    assert "NUM_SEQS = 37" in text and "basicmodel_m_lbs_10_207_0_v1.0.0.pkl" in text
 
 
 def test_export_fields_from_predictions():
@@ -173,10 +262,8 @@ def test_exported_and_stand_in_pickles_load_without_numpy_core(tmp_path, standin
     import subprocess
     import sys
 
-    from pare.export import save_3dpw_predictions
-
     arrays = {"jointPositions": np.zeros((2, 5, 24, 3)), "orientations": np.zeros((2, 5, 9, 3, 3))}
-    (exported,) = save_3dpw_predictions({"downtown_walk_00": arrays}, tmp_path)
+    exported = write_prediction_file(tmp_path / "downtown_walk_00.pkl", arrays)
     for path in (exported, standin_folder / "SMPL_NEUTRAL.pkl"):
         names = [arg for op, arg, _ in pickletools.genops(path.read_bytes()) if op.name == "GLOBAL"]
         assert names and not any("_core" in n or "sparse._" in n for n in names), names

@@ -36,7 +36,7 @@ def _lower_bound(package: str) -> str:
 
 @pytest.mark.slow
 def test_the_declared_lowest_numpy_and_scipy_read_smpl_and_exports(tmp_path, standin_folder):
-    from pare.export import save_3dpw_predictions
+    from pare.export import write_prediction_file
     from pare.safe_pickle import load_pickle, to_numpy
 
     numpy_min, scipy_min = _lower_bound("numpy"), _lower_bound("scipy")
@@ -54,7 +54,7 @@ def test_the_declared_lowest_numpy_and_scipy_read_smpl_and_exports(tmp_path, sta
         "jointPositions": rng.normal(size=(1, 3, 24, 3)),
         "orientations": np.zeros((1, 3, 9, 3, 3)),
     }
-    (export,) = save_3dpw_predictions({"downtown_walk_00": arrays}, tmp_path / "export")
+    export = write_prediction_file(tmp_path / "downtown_walk_00.pkl", arrays)
     smpl_file = standin_folder / "SMPL_NEUTRAL.pkl"
     out = subprocess.run(
         [str(python), "-c", _READER, str(smpl_file), str(export)],

@@ -22,6 +22,8 @@ def _metrics(shift: float, samples: int) -> dict:
         "pve_pare": 120.0 + shift,
         "pck50": 40.0 + shift,
         "auc": 55.55,
+        "pck50_official": 30.0 - shift,
+        "auc_official": 0.61234,
         "samples": samples,
     }
 
@@ -57,13 +59,17 @@ def test_metrics_markdown():
     overall = {name: r["overall"] for name, r in REPORT["3dpw"].items()}
     assert metrics_markdown(overall, METRICS) == (
         "| model                | MPJPE (mm) | PA-MPJPE (mm) | PVE pelvis-aligned (mm) "
-        "| PVE as PARE (mm) | PA-PCK@50 (%) | PA-AUC (%) |\n"
+        "| PVE as PARE (mm) | PA-PCK@50 (%) | PA-AUC (%) | PCK@50 (3DPW evaluator) (%) "
+        "| AUC (3DPW evaluator) (fraction) |\n"
         "|----------------------|------------|---------------|-------------------------"
-        "|------------------|---------------|------------|\n"
+        "|------------------|---------------|------------|-----------------------------"
+        "|---------------------------------|\n"
         "| PARE (hrnet, step 4) |       93.4 |          61.2 |                   110.0 "
-        "|            120.0 |          40.0 |       55.5 |\n"
+        "|            120.0 |          40.0 |       55.5 |                        30.0 "
+        "|                           0.612 |\n"
         "| mean-pose baseline   |      103.4 |          51.2 |                   130.1 "
-        "|            130.0 |          50.0 |       55.5 |"
+        "|            130.0 |          50.0 |       55.5 |                        20.0 "
+        "|                           0.612 |"
     )
     sequences = REPORT["3dpw"]["PARE (hrnet, step 4)"]["per_sequence"]
     assert metrics_markdown(sequences, ("pa_mpjpe", "mpjpe", "pve"), "sequence") == (
@@ -77,14 +83,18 @@ def test_metrics_markdown():
 def test_eval_csv():
     assert eval_csv(REPORT) == (
         "model,dataset,sequence,samples,mpjpe_mm,pa_mpjpe_mm,pve_mm,pve_pare_mm,pck50_pct,"
-        "auc_pct,pckh_pct\r\n"
-        '"PARE (hrnet, step 4)",3dpw,all,7,93.4400,61.2500,110.0500,120.0000,40.0000,55.5500,\r\n'
+        "auc_pct,pck50_official_pct,auc_official_fraction,pckh_pct\r\n"
+        '"PARE (hrnet, step 4)",3dpw,all,7,93.4400,61.2500,110.0500,120.0000,40.0000,55.5500,'
+        "30.0000,0.6123,\r\n"
         '"PARE (hrnet, step 4)",3dpw,courtyard_a_00,3,94.4400,60.2500,112.0500,121.0000,41.0000,'
-        "55.5500,\r\n"
-        '"PARE (hrnet, step 4)",3dpw,b,4,95.7850,58.9050,114.7400,122.3450,42.3450,55.5500,\r\n'
-        "mean-pose baseline,3dpw,all,7,103.4400,51.2500,130.0500,130.0000,50.0000,55.5500,\r\n"
-        "mean-pose baseline,3dpw,b,7,105.4400,49.2500,134.0500,132.0000,52.0000,55.5500,\r\n"
-        '"PARE (hrnet, step 4)",mpii,all,12,,,,,,,71.2346\r\n'
+        "55.5500,29.0000,0.6123,\r\n"
+        '"PARE (hrnet, step 4)",3dpw,b,4,95.7850,58.9050,114.7400,122.3450,42.3450,55.5500,'
+        "27.6550,0.6123,\r\n"
+        "mean-pose baseline,3dpw,all,7,103.4400,51.2500,130.0500,130.0000,50.0000,55.5500,"
+        "20.0000,0.6123,\r\n"
+        "mean-pose baseline,3dpw,b,7,105.4400,49.2500,134.0500,132.0000,52.0000,55.5500,"
+        "18.0000,0.6123,\r\n"
+        '"PARE (hrnet, step 4)",mpii,all,12,,,,,,,,,71.2346\r\n'
     )
     without_mpii = {"3dpw": {"m": REPORT["3dpw"]["mean-pose baseline"]}}
     assert eval_csv(without_mpii).count("\r\n") == 3

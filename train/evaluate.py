@@ -10,8 +10,8 @@ CKPT is a ``.safetensors`` file, a run folder (its best weights, else its final 
 checkpoint folder or a folder from train/convert_pare.py; its config is the run's
 ``config.yaml`` unless ``--config`` is given. An official PARE ``.ckpt`` is converted in memory
 and needs its YAML as ``--config``. Shard
-folders are 3DPW (MPJPE, PA-MPJPE, PVE in mm; PCK@50 mm and AUC in %) or MPII (PCKh@0.5 in %)
-splits; by default the config's validation shards. Writes ``eval.json`` and ``eval.csv`` (one
+folders are 3DPW (MPJPE, PA-MPJPE, PVE in mm; PCK@50 mm and AUC in %, ours and the official
+evaluator's) or MPII (PCKh@0.5 in %) splits; by default the config's validation shards. Writes ``eval.json`` and ``eval.csv`` (one
 row per sequence and an overall row per model) to ``--out`` (default ``<run>/eval``).
 """
 
@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 
 from pare.body import SMPLBody
+from pare.body.model import STANDIN, standin_dir
 from pare.checkpoint import load_trained_model, resolve_checkpoint
 from pare.config import ConfigError
 from pare.data.streaming.stream import (
@@ -44,7 +45,7 @@ from pare.export import (
     assemble_3dpw_predictions,
     export_fields,
     ground_truth_frames,
-    save_3dpw_predictions,
+    write_evaluator_input,
 )
 from pare.io_utils import write_bytes_atomic, write_json_atomic
 from pare.launch import LaunchError, check_launch, run_entry_point
@@ -62,9 +63,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--shards", nargs="+", default=[], help="3DPW or MPII split folders")
     parser.add_argument("--out", type=Path, help="output folder (default <run>/eval)")
     parser.add_argument("--baseline", action="store_true", help="add the mean-pose baseline")
-    parser.add_argument("--export-3dpw", type=Path, help="write official-evaluator pkls here")
-    parser.add_argument("--dataset-root", type=Path, help="3DPW root: sequence sizes for export")
-    parser.add_argument("--split", default="validation", help="3DPW split of --dataset-root")
+    parser.add_argument(
+        "--export-3dpw",
+        type=Path,
+        metavar="DIR",
+        help="write the official 3DPW evaluator's input folder (res/, ref/) here",
+    )
+    parser.add_argument(
+        "--dataset-root", type=Path, help="3DPW root (with sequenceFiles/): needed by --export-3dpw"
+    )
     parser.add_argument("--wandb", choices=("offline", "online"), help="log a W&B summary run")
     parser.add_argument("--require-gain", type=float, help="exit 1 below this PA-MPJPE gain")
     parser.add_argument("--per-sequence", type=int, default=12, help="rows printed (0: none)")
@@ -72,17 +79,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if (args.checkpoint is None) == (args.run is None):
         parser.error("give one of --checkpoint CKPT or --run RUN")
+    if args.export_3dpw and not args.dataset_root:
+        parser.error(
+            "--export-3dpw needs --dataset-root 3DPW_ROOT: the evaluator reads the ground truth's "
+            "sequenceFiles, and each exported file must have its sequence's shape"
+        )
     if args.require_gain is not None:
         args.baseline = True
     return args
 
 
-def shard_kind(path: str) -> str:
-    """'3dpw' or 'mpii', from a split folder's manifest."""
+def shard_kind(path: str) -> tuple[str, str | None]:
+    """('3dpw' or 'mpii', the split or None) from a split folder's manifest."""
     manifest = Path(path) / "manifest.json" if not path.endswith(".json") else Path(path)
     if manifest.is_file():
-        return json.loads(manifest.read_text()).get("dataset", "3dpw")
-    return "mpii" if "mpii" in Path(path).name.lower() else "3dpw"
+        record = json.loads(manifest.read_text())
+        return record.get("dataset", "3dpw"), record.get("split")
+    return ("mpii" if "mpii" in Path(path).name.lower() else "3dpw"), None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -117,12 +130,18 @@ def main(argv: list[str] | None = None) -> int:
         models["mean-pose baseline"] = ConstantPrediction(rotmat, betas, model.smpl).to(device)
 
     kinds = {path: shard_kind(path) for path in shards}
-    urls_3dpw = [u for p, k in kinds.items() if k == "3dpw" for u in shard_urls(p)]
-    urls_mpii = [u for p, k in kinds.items() if k == "mpii" for u in shard_urls(p)]
-    if args.export_3dpw and not urls_3dpw:
-        raise ValueError("--export-3dpw needs 3DPW shards (--shards or the config's data.val)")
-    # Read on every rank before the long part, so a bad root fails all ranks at once.
-    truth = ground_truth_frames(args.dataset_root, args.split) if args.dataset_root else None
+    urls_3dpw = [u for p, (k, _) in kinds.items() if k == "3dpw" for u in shard_urls(p)]
+    urls_mpii = [u for p, (k, _) in kinds.items() if k == "mpii" for u in shard_urls(p)]
+    truth = None
+    if args.export_3dpw:
+        splits = sorted({split for kind, split in kinds.values() if kind == "3dpw"})
+        if not urls_3dpw or None in splits:
+            raise ValueError(
+                "--export-3dpw needs 3DPW shards with a manifest naming their split "
+                "(--shards or the config's data.val; pack them with shards/pack_3dpw.py)"
+            )
+        # Read on every rank before the long part, so a bad root fails all ranks at once.
+        truth = {split: ground_truth_frames(args.dataset_root, split) for split in splits}
     report: dict = {"weights": str(weights), "shards": list(shards), "3dpw": {}}
     if urls_3dpw:
         gt_bodies = SMPLBody(cfg.body.model_path).to(device)
@@ -140,17 +159,31 @@ def main(argv: list[str] | None = None) -> int:
                 predictions, missing = assemble_3dpw_predictions(
                     result["keys"], result["joint_positions"], result["orientations"], truth
                 )
+                files = sum(len(seqs) for seqs in predictions.values())
                 if main_process:
-                    files = save_3dpw_predictions(predictions, args.export_3dpw)
-                    say(
-                        f"wrote {len(files)} sequence files for the 3DPW evaluator to {args.export_3dpw}"
+                    body = cfg.body.model_path
+                    written = write_evaluator_input(
+                        predictions,
+                        args.export_3dpw,
+                        args.dataset_root,
+                        standin_dir() if body == STANDIN else Path(body).expanduser(),
                     )
+                    say(f"wrote {files} sequence files for the 3DPW evaluator")
+                    say(written.instructions())
                     if missing:
                         say(
                             f"warning: {missing} frames the evaluator scores have no prediction "
                             "(the packer skipped them; see the shards' manifest): exported as zeros"
                         )
-                report["export"] = {"files": len(predictions), "scored_frames_missing": missing}
+                report["export"] = {
+                    "folder": str(args.export_3dpw),
+                    "files": files,
+                    "tracks": {
+                        split: sum(len(a["jointPositions"]) for a in p.values())
+                        for split, p in predictions.items()
+                    },
+                    "scored_frames_missing": missing,
+                }
 
     if urls_mpii:  # the baseline predicts no image-dependent 2D joints: the model only
         result = evaluate_pckh(model, loader(urls_mpii), device)

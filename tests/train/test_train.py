@@ -513,9 +513,15 @@ def test_evaluate_checkpoint_on_3dpw_and_mpii_with_export_and_wandb(
     # joints the model predicts for it (recomputed here).
     truth = ground_truth_frames(raw / "3dpw", "validation")
     assert report["export"]["files"] == len(truth)
+    assert report["export"]["tracks"] == {"validation": sum(len(v) for v in truth.values())}
     assert report["export"]["scored_frames_missing"] >= 0
-    files = sorted((tmp_path / "pred").glob("*.pkl"))
+    # The evaluator's input folder: res/ and ref/ per split, and how to score it printed.
+    res = tmp_path / "pred" / "res" / "validation"
+    files = sorted(res.glob("*.pkl"))
     assert [f.stem for f in files] == sorted(truth)
+    ref = tmp_path / "pred" / "ref" / "validation"
+    assert ref.resolve() == (raw / "3dpw" / "sequenceFiles" / "validation").resolve()
+    assert "python evaluate.py" in out.stdout and "NUM_SEQS = " in out.stdout
     cfg = load_config([offline_run / "config.yaml"])
     model = build_model(cfg.model, cfg.body)
     load_weights(model, weights)
@@ -527,7 +533,7 @@ def test_evaluate_checkpoint_on_3dpw_and_mpii_with_export_and_wandb(
         fields = export_fields(model(normalize_images(batch["image"])), batch)
     for row, key in enumerate(batch["__key__"]):
         sequence, actor, frame = parse_3dpw_key(key)
-        exported = read_3dpw_predictions(tmp_path / "pred" / f"{sequence}.pkl")
+        exported = read_3dpw_predictions(res / f"{sequence}.pkl")
         assert exported["jointPositions"].shape[:2] == truth[sequence].shape
         np.testing.assert_allclose(
             exported["jointPositions"][actor, frame], fields["joint_positions"][row], atol=1e-4
