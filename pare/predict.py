@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -124,24 +125,42 @@ def _to_rgb8(im: Image.Image, path: Path) -> np.ndarray:
 
 
 def _video_frames(path: Path, step: int) -> Iterator[Frame | Unreadable]:
-    """Every ``step``-th frame. ffmpeg itself conceals or drops a damaged frame inside a video; a
-    video it cannot open, or that fails part way (a truncated file), ends in an Unreadable."""
+    """Every ``step``-th frame, as a video player shows it: ffmpeg turns and mirrors the frames
+    by the container's display matrix (phone videos are stored in sensor orientation with a
+    rotation of 90, 180 or 270 degrees), so sizes and boxes refer to the upright picture.
+    ffmpeg itself conceals or drops a damaged frame inside a video; a video it cannot open,
+    that fails part way (a truncated file) or that is turned by an angle other than a multiple
+    of 90 degrees ends in an Unreadable."""
     if not path.is_file():
         raise FileNotFoundError(f"video not found: {path}")
     try:
         import imageio.v3 as iio
+        import imageio_ffmpeg  # noqa: F401  imageio's FFMPEG plugin, named below, runs its ffmpeg
     except ImportError as e:
         raise ImportError(
             "reading videos needs imageio with ffmpeg: pip install 'pare[video]'"
         ) from e
+    imageio_log = logging.getLogger("imageio_ffmpeg")
+    imageio_log.addFilter(_drop_upright_size_notice)
     i = -1
     try:
-        for i, frame in enumerate(iio.imiter(path)):
+        # ffmpeg is the one place frames are turned: it reads the whole display matrix (flips
+        # included, which its log and imageio's "rotate" field do not report) and imageio
+        # reshapes by the size ffmpeg outputs. The ffmpeg command line turns by default since
+        # 2.7; -autorotate says so rather than rely on that. The plugin is named because the
+        # option is its ffmpeg's, and PyAV, where installed, would read the video another way.
+        frames = iio.imiter(path, plugin="FFMPEG", input_params=["-autorotate"])
+        for i, frame in enumerate(frames):
             if i % step == 0:
                 yield Frame(f"{path.stem}_f{i:06d}", np.ascontiguousarray(frame[..., :3]))
     except (OSError, RuntimeError, ValueError) as e:
-        # imageio appends ffmpeg's whole log to the message: its first line is the reason
-        reason = str(e).splitlines()[0] if str(e).strip() else type(e).__name__
+        if "Odd rotation angle" in str(e):
+            # ffmpeg would turn the picture inside its own frame, and its warning breaks
+            # imageio's reading of the log: no frame comes out either way.
+            reason = "its display rotation is not a multiple of 90 degrees"
+        else:
+            # imageio appends ffmpeg's whole log to the message: its first line is the reason
+            reason = str(e).splitlines()[0] if str(e).strip() else type(e).__name__
         if i < 0:
             message = f"{path} is not a readable video ({reason}); re-encode or re-download it"
         else:
@@ -150,6 +169,14 @@ def _video_frames(path: Path, step: int) -> Iterator[Frame | Unreadable]:
                 "were predicted, re-encode or re-download it for the rest"
             )
         yield Unreadable(path, message)
+    finally:
+        imageio_log.removeFilter(_drop_upright_size_notice)
+
+
+def _drop_upright_size_notice(record: logging.LogRecord) -> bool:
+    """imageio-ffmpeg warns when ffmpeg's output size differs from the stored one: for a video
+    turned by 90 or 270 degrees that is the upright picture asked for, not a problem."""
+    return not record.getMessage().startswith("The frame size for reading")
 
 
 # ----------------------------------------------------------------------------- people

@@ -4,6 +4,7 @@ its command line on a tiny model: unreadable inputs are skipped, named and count
 import io
 import json
 import runpy
+import subprocess
 import sys
 import tracemalloc
 from pathlib import Path
@@ -200,7 +201,7 @@ def test_a_video_that_fails_keeps_its_frames_before(tmp_path, monkeypatch):
     assert isinstance(item, Unreadable)
     assert item.reason.startswith(f"{clip} is not a readable video (") and "\n" not in item.reason
 
-    def dies_after_three(path):
+    def dies_after_three(path, **kwargs):
         for i in range(3):
             yield np.full((4, 6, 3), i, np.uint8)
         raise OSError("Could not read frame 3:\n=== stderr ===\nffmpeg's whole log")
@@ -212,6 +213,77 @@ def test_a_video_that_fails_keeps_its_frames_before(tmp_path, monkeypatch):
     assert isinstance(items[-1], Unreadable)
     assert items[-1].reason.startswith(f"{clip} stopped decoding after frame 2 (Could not read")
     assert "\n" not in items[-1].reason
+
+
+def _video(path: Path, frames: np.ndarray, *display: str) -> Path:
+    """(T, H, W, 3) uint8 frames as a lossless video (PNG in QuickTime) with the bundled ffmpeg,
+    its display matrix set by ``display`` (ffmpeg's -display_rotation / -display_hflip input
+    options; -noautorotate keeps the encoder from applying them to the pixels)."""
+    ffmpeg = pytest.importorskip("imageio_ffmpeg").get_ffmpeg_exe()
+    h, w = frames.shape[1:3]
+    raw = ["-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w}x{h}", "-r", "5", "-i", "-"]
+    command = [ffmpeg, "-loglevel", "error", "-y", *display, "-noautorotate", *raw]
+    subprocess.run([*command, "-c:v", "png", str(path)], input=frames.tobytes(), check=True)
+    return path
+
+
+def _clip(t: int = 4, h: int = 32, w: int = 48) -> np.ndarray:
+    """(T, H, W, 3) frames no rotation or flip maps onto another: a red block in the top-left
+    corner, a green stripe on the right, a white bar below centre-left, and blue counting
+    frames."""
+    frames = np.zeros((t, h, w, 3), np.uint8)
+    frames[..., 2] = (40 * np.arange(t, dtype=np.uint8))[:, None, None]
+    frames[:, :8, :16, 0] = 255
+    frames[:, :, -4:, 1] = 255
+    frames[:, 20:24, 4:12] = 255
+    return frames
+
+
+@pytest.mark.parametrize(
+    ("display", "shown"),
+    [
+        ((), lambda f: f),  # no display matrix
+        (("-display_rotation", "0"), lambda f: f),
+        # ffmpeg's angles are counter-clockwise, as np.rot90's; a phone held upright writes -90
+        (("-display_rotation", "90"), lambda f: np.rot90(f, 1)),
+        (("-display_rotation", "180"), lambda f: np.rot90(f, 2)),
+        (("-display_rotation", "270"), lambda f: np.rot90(f, 3)),
+        (("-display_rotation", "-90"), lambda f: np.rot90(f, -1)),
+        (("-display_hflip",), np.fliplr),  # a mirrored selfie
+    ],
+    ids=["none", "0", "90", "180", "270", "-90", "hflip"],
+)
+def test_a_rotated_video_is_read_as_a_player_shows_it(tmp_path, display, shown, caplog):
+    """Turned once, by ffmpeg: the frames equal numpy's turn of the stored ones, so the image
+    size saved with a prediction and the boxes given per frame are the upright picture's."""
+    pytest.importorskip("imageio.v3")
+    stored = _clip()
+    video = _video(tmp_path / "clip.mov", stored, *display)
+    frames = list(iter_frames([video], video_step=2))
+    assert [f.name for f in frames] == ["clip_f000000", "clip_f000002"]
+    for frame, original in zip(frames, stored[::2], strict=True):
+        upright = shown(original)
+        np.testing.assert_array_equal(frame.image, upright)
+        assert frame.image.flags.c_contiguous
+        # A box around the red block where the upright picture shows it crops the block.
+        rows, cols = np.nonzero((upright[..., 0] == 255) & (upright[..., 1] == 0))
+        box = np.array([cols.min(), rows.min(), cols.max() + 1, rows.max() + 1], float)
+        prepared = prepare_frame(frame, person_boxes(frame, [box]), 16, None)
+        assert prepared.image_size == upright.shape[:2]
+        assert tuple(prepared.crops[0][8, 8]) == (255, 0, upright[0, 0, 2])
+    # imageio-ffmpeg's warning that the size differs from the stored one is dropped
+    assert not [r for r in caplog.records if "frame size" in r.getMessage()]
+
+
+def test_a_video_turned_by_an_odd_angle_is_refused_with_its_reason(tmp_path):
+    pytest.importorskip("imageio.v3")
+    video = _video(tmp_path / "tilted.mov", _clip(t=2), "-display_rotation", "45")
+    (item,) = iter_frames([video])
+    assert isinstance(item, Unreadable)
+    assert item.reason == (
+        f"{video} is not a readable video (its display rotation is not a multiple of 90 "
+        "degrees); re-encode or re-download it"
+    )
 
 
 def test_overlay_of_a_huge_image_is_bounded_and_the_mesh_lands_where_it_projects():
