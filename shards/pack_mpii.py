@@ -23,13 +23,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", required=True, choices=("train", "val"))
     parser.add_argument("--out", type=Path, help="output folder (default: shards/out/mpii/<split>)")
     parser.add_argument(
-        "--eft", type=Path, help="EFT fits (MPII_ver01.json): adds pseudo-GT SMPL and part labels"
+        "--eft",
+        type=Path,
+        help="EFT fits (MPII_ver01.json): adds pseudo-GT SMPL and part labels; each fit joins "
+        "the person its keypoints match (annotId is not used)",
     )
     parser.add_argument(
-        "--min-joints", type=int, default=6, help="skip people with fewer annotated joints"
+        "--min-joints",
+        type=int,
+        default=6,
+        help="skip training people with fewer annotated joints (validation people are all kept)",
     )
     parser.add_argument(
-        "--val-list", type=Path, help="text file of validation image names (default: every 10th)"
+        "--val-list",
+        type=Path,
+        help="validation people: HRNet's valid.json, or text lines 'IMAGE RECT' (0-based "
+        "annorect index) or 'IMAGE' (everyone in it); default: every 10th image",
     )
     parser.add_argument(
         "--body-model",
@@ -39,7 +48,6 @@ def main(argv: list[str] | None = None) -> int:
     add_shard_arguments(parser)
     args = parser.parse_args(argv)
     out = args.out or Path("shards/out/mpii") / args.split
-    val = set(args.val_list.read_text().split()) if args.val_list else None
     result = pack_mpii(
         args.root,
         args.split,
@@ -48,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         shard_options(args),
         args.eft,
         args.min_joints,
-        val,
+        args.val_list,
     )
     print(summary(result))
     return 0

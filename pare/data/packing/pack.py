@@ -21,11 +21,18 @@ from pare.body import (
 )
 from pare.body.joints import GT_SLOTS, MPII16_TO_49, OPENPOSE18_TO_49, to_keypoints_49
 from pare.data.packing.keys import key_3dpw, key_mpii
+from pare.data.packing.mpii_match import (
+    match_eft_fits,
+    read_val_list,
+    validation_people,
+)
 from pare.data.packing.readers import (
     DatasetLayoutError,
     PersonFrame3DPW,
     PersonMPII,
     Skips,
+    load_mpii,
+    mpii_rects,
     read_3dpw_sequence,
     read_eft,
     read_mpii,
@@ -198,17 +205,16 @@ def pack_3dpw(
 
 class MPIIBuilder:
     """Builds MPII samples: crop from objpos/scale, MPII joints in SPIN's ground-truth slots of
-    KEYPOINTS_49 (:data:`pare.body.joints.MPII16_TO_49`), and SMPL
-    plus part labels from EFT fits where given (flagged as pseudo ground truth)."""
+    KEYPOINTS_49 (:data:`pare.body.joints.MPII16_TO_49`), and SMPL plus part labels from the
+    person's EFT fit where one was joined (``PersonMPII.fit``, checked by
+    :func:`pare.data.packing.mpii_match.malformed_fit`; flagged as pseudo ground truth)."""
 
     def __init__(
-        self, root: str, body_model: str, eft: str | None, stored_crop_max: int = STORED_CROP_MAX
+        self, root: str, body_model: str, fits: bool, stored_crop_max: int = STORED_CROP_MAX
     ) -> None:
         self.root = Path(root)
         self.stored_crop_max = stored_crop_max
-        self.eft_file = Path(eft).name if eft else ""
-        self.eft = read_eft(Path(eft)) if eft else {}
-        self.bodies = SMPLBody(body_model) if eft else None
+        self.bodies = SMPLBody(body_model) if fits else None
 
     def __call__(self, person: PersonMPII) -> dict[str, bytes]:
         # MPII's objpos sits on the torso and scale is height / 200; SPIN widens it by 1.25.
@@ -216,7 +222,6 @@ class MPIIBuilder:
         crop = crop_for(center, scale, self.stored_crop_max)
         image_path = self.root / "images" / person.image
         image = decode_crop(_read_image(image_path), crop, str(image_path))
-        fit = self.eft.get((person.image, person.rect))
         arrays = {
             "keypoints_2d": transform_keypoints(
                 to_keypoints_49(person.keypoints, MPII16_TO_49), crop.matrix
@@ -247,14 +252,8 @@ class MPIIBuilder:
                 dataset="mpii", image=person.image, person=person.rect, frame=0, train=person.train
             ),
         }
-        if fit is not None:
-            problem = _malformed_fit(fit)
-            if problem:
-                raise SampleError(
-                    "malformed_eft_fit",
-                    f"{self.eft_file}: {person.image}#{person.rect}: {problem}",
-                )
-            sample["png"] = self._fit_targets(fit, crop, arrays)
+        if person.fit is not None:
+            sample["png"] = self._fit_targets(person.fit, crop, arrays)
         sample["npz"] = encode_npz(arrays, f"{person.image}#{person.rect}")
         return sample
 
@@ -289,38 +288,8 @@ class MPIIBuilder:
         )
 
 
-# An EFT fit's fields (see datasets.md): name -> shape.
-EFT_FIELDS = {
-    "parm_pose": (24, 3, 3),
-    "parm_shape": (10,),
-    "parm_cam": (3,),
-    "bbox_scale": (),
-    "bbox_center": (2,),
-}
-
-
-def _malformed_fit(fit: dict) -> str:
-    """What makes an EFT fit unusable ('' if nothing), naming the field."""
-    for name, shape in EFT_FIELDS.items():
-        try:
-            value = np.asarray(fit[name], dtype=np.float64)
-        except KeyError:
-            return f"{name} is missing"
-        except (TypeError, ValueError):
-            return f"{name} is not numeric"
-        if value.shape != shape:
-            return f"{name} has shape {value.shape}, expected {shape}"
-        if not np.isfinite(value).all():
-            return f"{name} is not finite"
-    if not (fit["parm_cam"][0] > 0 and fit["bbox_scale"] > 0):
-        return "parm_cam scale and bbox_scale must be positive"
-    return ""
-
-
-def _make_mpii_builder(
-    root: str, body_model: str, eft: str | None, stored_crop_max: int
-) -> MPIIBuilder:
-    return MPIIBuilder(root, body_model, eft, stored_crop_max)
+def _make_mpii_builder(root: str, body_model: str, fits: bool, stored_crop_max: int) -> MPIIBuilder:
+    return MPIIBuilder(root, body_model, fits, stored_crop_max)
 
 
 def pack_mpii(
@@ -331,10 +300,17 @@ def pack_mpii(
     options: ShardOptions,
     eft: Path | None = None,
     min_joints: int = 6,
-    val_images: set[str] | None = None,
+    val_list: Path | None = None,
 ) -> dict:
-    """Pack MPII's train or val people (val: ``val_images`` if given, else every 10th train
-    image). Returns and raises what :func:`pack_3dpw` does."""
+    """Pack MPII's train or val people. Validation people are those ``val_list`` names
+    (:func:`pare.data.packing.mpii_match.read_val_list`: HRNet's ``valid.json``, ``IMAGE RECT``
+    or ``IMAGE`` lines), else every person of every 10th image; they never go to train, even
+    when their image holds training people. ``min_joints`` filters training people only, so
+    PCKh is computed on the whole list. EFT fits are joined to people by keypoints
+    (:func:`~pare.data.packing.mpii_match.match_eft_fits`). The manifest's ``validation``
+    block records the validation person count and the list entries that matched no one, its
+    ``eft`` block how many fits joined. Returns what :func:`pack_3dpw` does plus
+    ``validation`` (that block), and raises what it does; a bad list raises ValueError."""
     root, out = Path(root), Path(out)
     if split not in ("train", "val"):
         raise ValueError(f"MPII split must be 'train' or 'val', got {split!r}")
@@ -345,36 +321,58 @@ def pack_mpii(
     identity = resolve_body_model(root, body_model)
     body_model = identity["path"]
     skips = Skips(strict=options.strict)
+    release = load_mpii(root / "mpii_human_pose_v1_u12_1.mat")
+    rects = mpii_rects(release)
+    entries = read_val_list(val_list) if val_list is not None else None
+    validation = validation_people(rects, entries, str(val_list or ""))
+    if validation.unmatched:
+        log.warning(
+            "%d of %d validation-list entries name no annotated person (first: %s)",
+            len(validation.unmatched),
+            validation.entries,
+            validation.unmatched[0],
+        )
 
-    def in_split(index: int, name: str) -> bool:
-        in_val = name in val_images if val_images is not None else index % 10 == 0
-        return in_val == (split == "val")
+    def in_split(index: int, name: str, rect: int) -> bool:
+        return ((name, rect) in validation.members) == (split == "val")
 
-    people = []
-    for person in read_mpii(root / "mpii_human_pose_v1_u12_1.mat", skips, include=in_split):
-        if (person.keypoints[:, 2] > 0).sum() < min_joints:
+    people = read_mpii(release, skips, include=in_split)
+    extra = {"validation": validation.record()}
+    if eft is not None:
+        fits = read_eft(eft)
+        images = {p.image for p in people}
+        # The other split's people in shared images: a fit of theirs is no one's here.
+        others = read_mpii(
+            release, Skips(), include=lambda i, name, r: name in images and not in_split(i, name, r)
+        )
+        match_eft_fits(
+            fits, people, others, {r.image for r in rects}, skips, Path(eft).name, split == "train"
+        )
+    kept = []
+    for person in people:
+        if split == "train" and (person.keypoints[:, 2] > 0).sum() < min_joints:
             skips.add("too_few_joints", f"{person.image}#{person.rect}")
             continue
-        people.append(person)
+        kept.append(person)
+    if eft is not None:
+        extra["eft"] = {"fits": len(fits), "joined": sum(p.fit is not None for p in kept)}
     arguments = {
         "root": str(root),
         "split": split,
         "body_model": body_model,
         "eft": str(eft) if eft else None,
         "min_joints": min_joints,
+        "val_list": str(val_list) if val_list else None,
         "maxcount": options.maxcount,
         "maxsize": options.maxsize,
         "seed": options.seed,
         "stored_crop_max": options.stored_crop_max,
     }
     factory = functools.partial(
-        _make_mpii_builder,
-        str(root),
-        body_model,
-        str(eft) if eft else None,
-        options.stored_crop_max,
+        _make_mpii_builder, str(root), body_model, eft is not None, options.stored_crop_max
     )
-    return _pack(people, factory, out, "mpii", split, arguments, identity, options, skips)
+    result = _pack(kept, factory, out, "mpii", split, arguments, identity, options, skips, extra)
+    return result | extra
 
 
 def _pack(
@@ -387,13 +385,16 @@ def _pack(
     body_model: dict,
     options: ShardOptions,
     skips: Skips,
+    extra: dict | None = None,
 ) -> dict:
-    """Write the shards and the manifest; a rerun with other arguments (or other body-model
-    files) starts afresh."""
+    """Write the shards and the manifest (plus ``extra``'s blocks); a rerun with other
+    arguments, other body-model files or another ``extra`` starts afresh."""
     fingerprint = {k: v for k, v in arguments.items() if k != "root"} | {
         "records": len(records),
         "body_model_sha256": body_model["sha256"],
     }
+    if extra:
+        fingerprint["extra"] = extra
     prefix = f"{dataset}-{split}"
     if options.slice_index is not None:
         built = write_slice(
@@ -428,7 +429,9 @@ def _pack(
                 f"({len(records)} records; skipped: {skips.counts or 'none'}); check the "
                 "dataset root and the skip reasons"
             )
-        manifest = write_manifest(out, dataset, split, arguments, shards, skips, body_model)
+        manifest = write_manifest(
+            out, dataset, split, arguments, shards, skips, body_model, extra or {}
+        )
     return {"manifest": manifest, "samples": samples, "skipped": skips.counts}
 
 
@@ -439,4 +442,11 @@ PACK_ERRORS = (DatasetLayoutError, FileNotFoundError, PackError, ValueError)
 def summary(result: dict) -> str:
     """The one line a packer entry point prints for a :func:`pack_3dpw`/:func:`pack_mpii` result."""
     where = result["manifest"] or f"slice {result['slice']} (merge with --merge)"
-    return f"{result['samples']} samples -> {where}; skipped: {result['skipped'] or 'none'}"
+    line = f"{result['samples']} samples -> {where}; skipped: {result['skipped'] or 'none'}"
+    if "validation" in result:
+        v = result["validation"]
+        line += f"; validation people: {v['people']} ({v['source']}"
+        line += f", {v['unmatched_entries']} list entries unmatched)" if v["list_entries"] else ")"
+    if "eft" in result:
+        line += f"; EFT fits joined: {result['eft']['joined']} of {result['eft']['fits']}"
+    return line

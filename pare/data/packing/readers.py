@@ -222,6 +222,7 @@ class PersonMPII:
     head_box: np.ndarray  # (4,) x1 y1 x2 y2
     center: np.ndarray  # (2,) objpos
     scale: float  # person height / 200 px
+    fit: dict | None = None  # the EFT fit joined to this person (mpii_match.match_eft_fits)
 
 
 def _num(value) -> float:
@@ -243,10 +244,18 @@ def _visibility(point) -> float:
     return 1.0 if arr.size == 0 else float(arr[0] != 0)
 
 
-def read_mpii(mat_path: Path, skips: Skips, include=None) -> list[PersonMPII]:
-    """All people with usable annotations; rects without ``annopoints`` and malformed entries are
-    counted in ``skips``. Coordinates become 0-based. ``include(index, name)`` limits the images
-    considered (and counted), e.g. to one split."""
+@dataclass
+class MPIIRelease:
+    """MPII's ``RELEASE`` struct as loaded (:func:`load_mpii`): one entry per image."""
+
+    path: Path
+    annolist: np.ndarray  # (N,) image structs
+    img_train: np.ndarray  # (N,) bool
+
+
+def load_mpii(mat_path: Path) -> MPIIRelease:
+    """Load ``mpii_human_pose_v1_u12_1.mat``. Raises :class:`DatasetLayoutError` when it is
+    missing and ValueError when it is not an MPII annotation file."""
     mat_path = Path(mat_path)
     if not mat_path.is_file():
         raise DatasetLayoutError(
@@ -257,18 +266,63 @@ def read_mpii(mat_path: Path, skips: Skips, include=None) -> list[PersonMPII]:
         release = scipy.io.loadmat(mat_path, squeeze_me=True, struct_as_record=False)["RELEASE"]
     except Exception as e:
         raise ValueError(f"{mat_path}: not a readable MPII annotation file ({e})") from e
-    annolist = np.atleast_1d(release.annolist)
-    img_train = np.atleast_1d(release.img_train).astype(bool)
-    people = []
-    for i, entry in enumerate(annolist):
+    return MPIIRelease(
+        mat_path,
+        np.atleast_1d(release.annolist),
+        np.atleast_1d(release.img_train).astype(bool),
+    )
+
+
+def _rects(entry) -> list:
+    rects = entry.annorect
+    return list(rects.ravel()) if isinstance(rects, np.ndarray) else [rects]
+
+
+@dataclass
+class MPIIRect:
+    """Where one ``annorect`` sits, read without its joints (see :func:`mpii_rects`)."""
+
+    image: str
+    image_index: int
+    rect: int
+    annotated: bool  # a training image's rect with ``annopoints``
+    center: np.ndarray | None  # (2,) objpos, 0-based pixels; None when missing or malformed
+    scale: float | None  # person height / 200 px; None when missing or malformed
+
+
+def mpii_rects(release: MPIIRelease) -> list[MPIIRect]:
+    """Every rect of every image, in file order: what a validation list is resolved against."""
+    out = []
+    for i, entry in enumerate(release.annolist):
         name = str(entry.image.name)
-        if include is not None and not include(i, name):
-            continue
-        rects = entry.annorect
-        rects = list(rects.ravel()) if isinstance(rects, np.ndarray) else [rects]
-        for r, rect in enumerate(rects):
+        for r, rect in enumerate(_rects(entry)):
+            points = getattr(rect, "annopoints", None)
+            annotated = bool(release.img_train[i]) and not (
+                points is None or isinstance(points, np.ndarray)
+            )
+            try:
+                center = np.array([_num(rect.objpos.x), _num(rect.objpos.y)]) - 1.0
+                scale = _num(rect.scale)
+            except (AttributeError, ValueError, TypeError):
+                center, scale = None, None
+            out.append(MPIIRect(name, i, r, annotated, center, scale))
+    return out
+
+
+def read_mpii(mat: Path | MPIIRelease, skips: Skips, include=None) -> list[PersonMPII]:
+    """All people with usable annotations, from the file or an already loaded
+    :class:`MPIIRelease`; rects without ``annopoints`` and malformed entries are counted in
+    ``skips``. Coordinates become 0-based. ``include(image_index, image_name, rect_index)``
+    limits the rects considered (and counted), e.g. to one split's people."""
+    release = mat if isinstance(mat, MPIIRelease) else load_mpii(mat)
+    people = []
+    for i, entry in enumerate(release.annolist):
+        name = str(entry.image.name)
+        for r, rect in enumerate(_rects(entry)):
+            if include is not None and not include(i, name, r):
+                continue
             what = f"{name}#{r}"
-            if not img_train[i]:
+            if not release.img_train[i]:
                 skips.add("test_image", what)  # MPII's test people carry no joints
                 continue
             try:
@@ -296,7 +350,7 @@ def read_mpii(mat_path: Path, skips: Skips, include=None) -> list[PersonMPII]:
                 skips.add("degenerate_annotation", f"{what}: {problem}")
                 continue
             people.append(
-                PersonMPII(name, i, r, bool(img_train[i]), kp, visible, head, center, scale)
+                PersonMPII(name, i, r, bool(release.img_train[i]), kp, visible, head, center, scale)
             )
     return people
 
@@ -315,8 +369,11 @@ def _degenerate(keypoints, head, center, scale: float) -> str:
     return ""
 
 
-def read_eft(path: Path) -> dict[tuple[str, int], dict]:
-    """EFT fits keyed by (image basename, annotId)."""
+def read_eft(path: Path) -> list:
+    """The items of an EFT fits file (``{"data": [...]}``), unchecked: a fit names its person
+    by image and keypoints, not by ``annotId`` (see :mod:`pare.data.packing.mpii_match`).
+    Raises :class:`DatasetLayoutError` naming the file when it is missing, not JSON, or has no
+    ``data`` list."""
     path = Path(path)
     if not path.is_file():
         raise DatasetLayoutError(
@@ -324,13 +381,14 @@ def read_eft(path: Path) -> dict[tuple[str, int], dict]:
         )
     try:
         data = json.loads(path.read_text())
-        return {(Path(item["imageName"]).name, int(item["annotId"])): item for item in data["data"]}
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise DatasetLayoutError(
             f"{path}: not readable JSON ({e}); the file is truncated or corrupt, download it again"
         ) from None
-    except (KeyError, TypeError, ValueError) as e:
+    items = data.get("data") if isinstance(data, dict) else None
+    if not isinstance(items, list):
         raise DatasetLayoutError(
-            f"{path}: not EFT fits (expected {{'data': [{{'imageName', 'annotId', ...}}]}}; "
-            f"{type(e).__name__}: {e})"
-        ) from None
+            f"{path}: not EFT fits (expected {{'data': [{{'imageName', 'parm_pose', ...}}]}}); "
+            "pass the EFT release's MPII_ver01.json"
+        )
+    return items

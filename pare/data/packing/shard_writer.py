@@ -543,10 +543,12 @@ def write_manifest(
     shards: list[dict],
     skips: Skips,
     body_model: dict,
+    extra: dict | None = None,
 ) -> Path:
     """``manifest.json``: everything a reader or a verifier needs to trust the split.
     ``body_model`` is the identity (:func:`pare.body.body_model_identity`) of the body model
-    used; training checks it against its own."""
+    used; training checks it against its own. ``extra`` adds dataset-specific top-level blocks
+    (MPII: ``validation``, ``eft``)."""
     manifest = {
         "__kind__": "wids-shard-index-v1",
         "wids_version": 1,
@@ -575,5 +577,5 @@ def write_manifest(
             "png": "part labels 0..24 (0 background)",
             "json": "provenance",
         },
-    }
+    } | (extra or {})
     return write_json_atomic(out / MANIFEST, manifest, indent=1)

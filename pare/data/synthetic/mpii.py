@@ -94,9 +94,7 @@ def make_mpii(out: str | Path, cfg: SyntheticMPIIConfig, progress: bool = True) 
         truth.append({"image": name, "people": [p["truth"] for p in people]})
         if cfg.eft and train:
             eft_items += [
-                _eft_item(p, name, k)
-                for k, p in enumerate(people)
-                if p["points"] is not None and rng.random() < 0.7
+                _eft_item(p, name) for p in people if p["points"] is not None and rng.random() < 0.7
             ]
     release = _release_struct(annolist, img_train, single_person, acts, videos)
     mat_path = out / MAT_NAME
@@ -104,6 +102,10 @@ def make_mpii(out: str | Path, cfg: SyntheticMPIIConfig, progress: bool = True) 
         scipy.io.savemat(f, {"RELEASE": release})
     write_json_atomic(out / GT_NAME, truth)
     if cfg.eft:
+        # EFT documents annotId for COCO only; here it numbers the fits, never MPII's rect
+        # index, so a packer must join each fit to its person by keypoints.
+        for k, item in enumerate(eft_items):
+            item["annotId"] = k
         write_json_atomic(
             out / EFT_NAME,
             {"ver": 0.1, "data": eft_items, "meta": {"dataset": "mpii", "synthetic": True}},
@@ -347,8 +349,9 @@ def _release_struct(annolist, img_train, single_person, acts, videos) -> dict:
     }
 
 
-def _eft_item(person: dict, image_name: str, annot_id: int) -> dict:
-    """An EFT-style fit: camera-frame SMPL rotations, betas and a weak-perspective crop camera."""
+def _eft_item(person: dict, image_name: str) -> dict:
+    """An EFT-style fit: camera-frame SMPL rotations, betas, a weak-perspective crop camera and
+    the person's MPII joints (image pixels) in SPIN's 49 slots; ``annotId`` is set by the caller."""
     camera = person["camera"]
     jxy, inside, _ = person["points"]
     rot = Rotation.from_rotvec(person["pose"].reshape(24, 3)).as_matrix()  # (24, 3, 3) local
@@ -379,6 +382,5 @@ def _eft_item(person: dict, image_name: str, annot_id: int) -> dict:
         "bbox_center": center.tolist(),
         "gt_keypoint_2d": gt.tolist(),
         "imageName": image_name,
-        "annotId": annot_id,
         "smpltype": "smpl",
     }

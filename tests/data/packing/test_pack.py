@@ -385,9 +385,9 @@ def test_slices_keep_skipped_samples_in_order(raw, tmp_path):
 
 @pytest.mark.parametrize("fault", ["truncated-eft", "missing-body-model"])
 def test_a_worker_that_cannot_start_stops_the_packer(raw, tmp_path, fault):
-    """With several workers, a sample builder that cannot be made (it reads the EFT fits and the
-    body model) used to make the pool restart dying workers forever; it must stop the packer
-    with the one-line error, as one worker does."""
+    """With several workers, a sample builder that cannot be made (it loads the body model) used
+    to make the pool restart dying workers forever; it must stop the packer with the one-line
+    error, as one worker does. A truncated EFT file stops it before the workers start."""
     eft = raw / "mpii" / "MPII_ver01.json"
     body_model = "standin"
     if fault == "truncated-eft":

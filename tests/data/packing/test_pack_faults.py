@@ -184,21 +184,27 @@ def test_degenerate_mpii_people_are_skipped_naming_the_field(raw, tmp_path):
         read_mpii(root / MAT, Skips(strict=True))
 
 
-def test_a_malformed_eft_fit_skips_its_person_naming_file_and_field(raw, tmp_path):
+def test_a_malformed_eft_fit_is_skipped_naming_file_and_field(raw, packed, tmp_path):
+    """The fit is counted and dropped; its person is still packed, without SMPL."""
     eft = tmp_path / "MPII_ver01.json"
     data = json.loads((raw / "mpii" / "MPII_ver01.json").read_text())
     data["data"][0]["parm_shape"] = data["data"][0]["parm_shape"][:9]
     data["data"][1]["parm_cam"][0] = float("nan")
+    del data["data"][2]["bbox_center"]  # a missing field: no KeyError
     eft.write_text(json.dumps(data))
     results = [
         pack_mpii(raw / "mpii", split, tmp_path / split, "standin", OPTS, eft=eft)
         for split in ("train", "val")
     ]
     manifests = [json.loads(r["manifest"].read_text()) for r in results]
-    assert sum(m["skipped"].get("malformed_eft_fit", 0) for m in manifests) == 2
+    assert sum(m["skipped"].get("malformed_eft_fit", 0) for m in manifests) == 3
     text = " ".join(" ".join(m["skipped_examples"].get("malformed_eft_fit", [])) for m in manifests)
     assert "MPII_ver01.json" in text
     assert "parm_shape has shape (9,)" in text and "parm_cam is not finite" in text
+    assert "bbox_center is missing" in text
+    clean = [json.loads((packed / s / MANIFEST).read_text()) for s in ("mpii", "mpii_val")]
+    assert [m["num_samples"] for m in manifests] == [m["num_samples"] for m in clean]
+    assert sum(m["eft"]["joined"] for m in manifests) == sum(m["eft"]["joined"] for m in clean) - 3
 
 
 # ------------------------------------------------------------------ non-finite values downstream
