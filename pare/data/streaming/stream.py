@@ -236,10 +236,21 @@ def check_body_model(split_paths: list[str], model_path: str) -> None:
             continue
         ours = ours or body_model_identity(model_path)
         if recorded["sha256"] != ours["sha256"]:
+            if recorded["path"] == ours["path"]:
+                # Same name, other files (a newer stand-in, replaced SMPL files): naming the
+                # path as the fix would send the user in a circle.
+                fix = (
+                    f"the files of '{ours['path']}' changed since packing; repack the split "
+                    "(synthetic data: regenerate it first, shards/make_synthetic.py)"
+                )
+            else:
+                fix = (
+                    "repack the split with that body model or set "
+                    f"body.model_path={recorded['path']}"
+                )
             raise BodyModelMismatch(
                 f"{path} was packed with {describe_identity(recorded)}, but body.model_path is "
-                f"{describe_identity(ours)}; repack the split with that body model or set "
-                f"body.model_path={recorded['path']}"
+                f"{describe_identity(ours)}; {fix}"
             )
 
 

@@ -106,6 +106,23 @@ def test_training_on_shards_of_another_body_model_stops(packed, other_model):
     check_body_model(["s3://bucket/3dpw/train", str(packed / "3dpw" / "x-{0..1}.tar")], "x")
 
 
+def test_shards_packed_with_an_older_version_of_the_same_body_model_say_to_repack(
+    packed, tmp_path
+):
+    """Both sides named 'standin' (a newer stand-in since packing): the message used to end
+    "or set body.model_path=standin", which it already was."""
+    split = tmp_path / "old_standin"
+    shutil.copytree(packed / "3dpw_val", split)
+    manifest = json.loads((split / "manifest.json").read_text())
+    manifest["body_model"]["sha256"] = "0" * 64
+    (split / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BodyModelMismatch) as err:
+        check_body_model([str(split)], "standin")
+    message = str(err.value)
+    assert "changed since packing; repack the split" in message
+    assert "set body.model_path" not in message
+
+
 def test_manifest_without_a_record_only_warns(packed, tmp_path):
     old = tmp_path / "old"
     old.mkdir()
