@@ -358,6 +358,41 @@ def original_module(model: torch.nn.Module) -> torch.nn.Module:
     return getattr(model, "_orig_mod", model)
 
 
+def plain_checkpoint_weights(accelerator) -> None:
+    """Make ``accelerator.save_state`` write, and ``load_state`` read, the plain model's keys
+    whatever wraps it (``train.compile``, the launcher's ``--dynamo_backend``): a checkpoint
+    then loads into a compiled or a plain model alike, so a run may resume with compilation
+    switched on or off, and checkpoints written with ``_orig_mod.`` keys (before this) still
+    load. Registers a save and a load pre-hook; call once, after ``accelerator.prepare``."""
+    from safetensors.torch import load_file
+
+    def plain(model: torch.nn.Module) -> torch.nn.Module:
+        return original_module(accelerator.unwrap_model(model, keep_torch_compile=False))
+
+    def before_save(models: list, weights: list, output_dir: str) -> None:
+        for i, model in enumerate(models):  # Accelerate saves this list of state dicts
+            weights[i] = plain(model).state_dict()
+
+    def before_load(models: list, input_dir: str) -> None:
+        # Load each model here and take it off Accelerate's list, which would load the file's
+        # keys as they are into the wrapper.
+        for i, model in reversed(list(enumerate(models))):
+            path = Path(input_dir) / f"model{f'_{i}' if i else ''}.safetensors"
+            if path.is_file():
+                try:
+                    state = load_file(str(path))
+                except Exception as err:  # safetensors raises its own error type
+                    raise DamagedCheckpoint(
+                        f"{path} is truncated or damaged ({_cause(err)}); "
+                        f"{_earlier_checkpoint(Path(input_dir))}"
+                    ) from None
+                plain(model).load_state_dict(plain_state_keys(state))
+                models.pop(i)
+
+    accelerator.register_save_state_pre_hook(before_save)
+    accelerator.register_load_state_pre_hook(before_load)
+
+
 def export_weights(model: torch.nn.Module, path: Path, metadata: dict | None = None) -> Path:
     """The model's state dict as safetensors (atomically), for evaluation and prediction. A
     torch.compile'd model exports its original module's keys, so the file loads into a plain

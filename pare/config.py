@@ -386,6 +386,9 @@ class TrainConfig:
     max_nonfinite_steps: int = 20  # abort after this many non-finite losses in a row
     channels_last: bool = False
     compile: bool = False  # torch.compile the model
+    # torch.compile's backend: "inductor" (PyTorch's default, generates kernels) or a cheaper one
+    # that only traces ("aot_eager", "eager"), e.g. to check a compiled run quickly on a CPU.
+    compile_backend: str = "inductor"
     image_every: int = 2000  # overlay images (predicted vs ground truth) every N steps; 0 = none
     # Exported weights (.safetensors) to start from, loaded after the model is built. Parameters
     # the file lacks keep their fresh initialisation: vanilla weights start the attention
@@ -396,6 +399,13 @@ class TrainConfig:
     def __post_init__(self) -> None:
         _check_choice(
             "train", "mixed_precision", self.mixed_precision, ("launcher", "no", "bf16", "fp16")
+        )
+        # torch._dynamo.list_backends() would import dynamo (seconds) to check a config.
+        _check_choice(
+            "train",
+            "compile_backend",
+            self.compile_backend,
+            ("inductor", "aot_eager", "eager", "cudagraphs"),
         )
         # Cadences are step counts: 0 would divide by zero in the loop, a negative never fires.
         for name in ("log_every", "eval_every", "checkpoint_every", "gradient_accumulation_steps"):

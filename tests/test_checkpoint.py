@@ -221,6 +221,45 @@ def test_a_trained_model_loads_without_its_pretrained_backbone_file(tmp_path):
         assert torch.equal(loaded.state_dict()[name], value), name
 
 
+def test_checkpoints_hold_plain_keys_and_resume_into_compiled_or_plain_models(tmp_path):
+    """Accelerate's save_state writes the prepared model's state dict as it is (``_orig_mod.``
+    keys when compiled) and load_state expects it back as it is: with the hooks, checkpoints
+    hold the plain keys and load into either form, old prefixed ones too."""
+    from accelerate import Accelerator
+    from safetensors.torch import load_file, save_file
+
+    from pare.checkpoint import plain_checkpoint_weights
+
+    def prepared(seed, compiled):
+        torch.manual_seed(seed)
+        net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
+        accelerator = Accelerator(cpu=True)
+        model = accelerator.prepare(torch.compile(net, backend="eager") if compiled else net)
+        plain_checkpoint_weights(accelerator)
+        return accelerator, model, net
+
+    accelerator, _, net = prepared(0, compiled=True)
+    accelerator.save_state(str(tmp_path / "ckpt"))
+    saved = load_file(str(tmp_path / "ckpt" / "model.safetensors"))
+    assert set(saved) == set(net.state_dict())  # no _orig_mod.
+    for seed, compiled in ((1, False), (2, True)):
+        accelerator, _, other = prepared(seed, compiled)
+        accelerator.load_state(str(tmp_path / "ckpt"))
+        for name, value in net.state_dict().items():
+            assert torch.equal(other.state_dict()[name], value), name
+    # A checkpoint a compiled run wrote before the hooks.
+    save_file(
+        {f"_orig_mod.{k}": v for k, v in saved.items()}, str(tmp_path / "ckpt/model.safetensors")
+    )
+    accelerator, _, other = prepared(3, compiled=False)
+    accelerator.load_state(str(tmp_path / "ckpt"))
+    assert torch.equal(other[0].weight, net[0].weight)
+    # A damaged one is named in one line.
+    (tmp_path / "ckpt" / "model.safetensors").write_bytes(b"\0" * 100)
+    with pytest.raises(DamagedCheckpoint, match=r"ckpt/model\.safetensors is truncated or damaged"):
+        prepared(4, compiled=False)[0].load_state(str(tmp_path / "ckpt"))
+
+
 class _OneProcess:
     """What save_checkpoint uses of an Accelerator, for one process; ``save_state`` writes with
     ``write(folder)`` (Accelerate's files, or a failure)."""

@@ -84,6 +84,7 @@ from pare.checkpoint import (  # noqa: E402
     check_rng_states,
     export_weights,
     load_initial_weights,
+    plain_checkpoint_weights,
     remove_unfinished,
     resolve_resume,
     save_checkpoint,
@@ -200,8 +201,9 @@ def main(argv: list[str] | None = None) -> int:
         log.warning(fp32_warning)
     optimizer, scheduler = build_optimizer(model, cfg.optim, train_cfg.max_steps)
     if train_cfg.compile:  # after the optimiser: the wrapper shares the model's parameters
-        model = torch.compile(model)
+        model = torch.compile(model, backend=train_cfg.compile_backend)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    plain_checkpoint_weights(accelerator)  # checkpoints hold the plain model's keys
     sources = sources_from_config(cfg.data.train)
     gt_bodies = SMPLBody(cfg.body.model_path).to(device)
     faces = accelerator.unwrap_model(model).smpl.faces

@@ -327,6 +327,46 @@ def test_train_py_under_two_cpu_processes_stays_in_sync(packed, two_process_run)
 MIS_LAUNCHES = {"--cpu": 29535, "--multi_gpu": 29536}  # flag: port
 
 
+def test_compiled_runs_in_one_and_two_processes_write_plain_weights(packed, tmp_path):
+    """``train.compile`` (one process) and the launcher's ``--dynamo_backend`` (two processes,
+    DDP around the compiled model) used to leave torch.compile's ``_orig_mod.`` keys in the
+    files. The eager backend wraps and names the model as inductor does, and dynamo traces the
+    same graphs (split for DDP alike), without generating kernels: half a minute of tracing on
+    ResNet-18 rather than minutes of compiling. Resuming across compiled and plain models is
+    tested in process (tests/test_checkpoint.py)."""
+    from pare.checkpoint import load_trained_model
+
+    common = (
+        "model.backbone=resnet18",
+        "train.max_steps=2",
+        "train.checkpoint_every=2",
+        "train.log_every=1",
+    )
+    one, two = tmp_path / "one", tmp_path / "two"
+    launcher = accelerate_launch(2, 29551)
+    launcher[launcher.index("--dynamo_backend") + 1] = "eager"
+    runs = _concurrently(
+        partial(
+            _train_into,
+            one,
+            _args(packed, one, *common, "train.compile=true", "train.compile_backend=eager"),
+        ),
+        partial(
+            _train_into,
+            two,
+            _args(packed, two, *common),
+            launcher,
+            dict(ENV, ACCELERATE_USE_CPU="1"),
+        ),
+    )
+    for run in (future.result() for future in runs):
+        for path in (run / "model.safetensors", run / "checkpoints/step-0000002/model.safetensors"):
+            keys = list(load_file(str(path)))
+            assert keys and not [k for k in keys if "_orig_mod" in k], path
+        model, _, meta = load_trained_model(run, "final")  # as evaluate.py and predict.py do
+        assert meta["step"] == 2 and not hasattr(model, "_orig_mod")
+
+
 @pytest.fixture(scope="module")
 def mis_launches(packed, tmp_path_factory):
     """Both launches of the test below, started side by side (each spends its time importing
