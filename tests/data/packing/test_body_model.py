@@ -106,9 +106,7 @@ def test_training_on_shards_of_another_body_model_stops(packed, other_model):
     check_body_model(["s3://bucket/3dpw/train", str(packed / "3dpw" / "x-{0..1}.tar")], "x")
 
 
-def test_shards_packed_with_an_older_version_of_the_same_body_model_say_to_repack(
-    packed, tmp_path
-):
+def test_shards_packed_with_an_older_version_of_the_same_body_model_say_to_repack(packed, tmp_path):
     """Both sides named 'standin' (a newer stand-in since packing): the message used to end
     "or set body.model_path=standin", which it already was."""
     split = tmp_path / "old_standin"
