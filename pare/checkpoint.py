@@ -7,6 +7,9 @@ into ``step-0001000.tmp`` and renamed once every rank has finished writing, with
 marker inside: a folder without the marker (a job killed mid-save) is never resumed from, and
 the next run removes it (:func:`remove_unfinished`). A save that fails (a full disk) removes
 its folder and stops the run naming the cause (:class:`SaveError`).
+
+Job scripts ask this module, without importing torch, whether to requeue a run that ended
+before ``DONE`` (:func:`requeue_decision`; ``python -m pare.checkpoint requeue``, see slurm/).
 """
 
 from __future__ import annotations
@@ -16,12 +19,11 @@ import json
 import os
 import re
 import shutil
+import signal
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
-
-import torch
 
 from pare.config import Config, ConfigError, load_config
 from pare.pretrained import RANDOM
@@ -30,11 +32,15 @@ CHECKPOINTS = "checkpoints"
 COMPLETE = "COMPLETE"
 TRAINER_STATE = "trainer_state.json"
 DONE_MARKER = "DONE"  # written by train.py when a run reaches train.max_steps
+STOP_MARKER = "STOP"  # a stop request: the trainer polls it, job scripts' traps write it
+TASK_SIGNALLED = "STOP.node-{}"  # a job script's task on node N received TERM (slurm/common.sh)
 RNG_STATES = "random_states_{}.pkl"  # accelerate's save_state: one per process index
 _STEP_DIR = re.compile(r"^step-(\d{7,})$")
 _UNFINISHED_DIR = re.compile(r"^step-(\d{7,})(\.tmp)?$")
 
 if TYPE_CHECKING:
+    import torch
+
     from pare.models import PARE
 
 
@@ -107,6 +113,76 @@ def resolve_resume(run_dir: Path, resume: str) -> Path | None:
     return path
 
 
+def newest_complete_step(run_dir: Path) -> int | None:
+    """The step of the newest complete checkpoint of a run (the one ``resume=auto`` picks)."""
+    found = complete_checkpoints(run_dir)
+    return int(_STEP_DIR.match(found[-1].name).group(1)) if found else None
+
+
+# What preemption and cancellation send. A task killed by one of them, with no stop requested,
+# was still stopped from outside; one killed by SIGSEGV or SIGABRT crashed.
+_PREEMPTION_SIGNALS = (signal.SIGHUP, signal.SIGINT, signal.SIGKILL, signal.SIGUSR1, signal.SIGTERM)
+
+
+def requeue_decision(
+    run_dir: Path,
+    status: int,
+    *,
+    signalled: bool = False,
+    nodes: int = 1,
+    started_from: int | None = None,
+    restarts: int = 0,
+    max_requeues: int = 20,
+    job_state: str = "RUNNING",
+) -> tuple[bool, str]:
+    """Whether a job script should requeue a run whose launcher (srun) ended with ``status``
+    (128 + N when a task was killed by signal N), and one line saying why.
+
+    A stop is requeued however the launcher ended: the batch shell trapped a signal
+    (``signalled``; with ``scancel --full`` srun SIGKILLs its tasks, possibly mid-checkpoint),
+    the task on every one of the ``nodes`` received TERM (``STOP.node-<N>`` in the run folder:
+    TERM to the job steps, after which the launcher exits non-zero; srun also TERMs the other
+    tasks when one fails, so a marker from only some nodes means a crash), or the trainer
+    stopped by itself (exit 0). A task killed by a preemption signal with no stop requested is
+    requeued only when this attempt saved a checkpoint newer than ``started_from`` (the step
+    it resumed from, None for none): a kill that repeats (the out-of-memory killer) cannot
+    loop. Any other failure is a crash. Never when ``DONE`` exists, when the job is no longer
+    RUNNING (``job_state`` from scontrol: COMPLETING after a plain ``scancel`` or the time
+    limit, whose TERMs look like any other) or after ``max_requeues`` requeues
+    (``restarts``: SLURM_RESTART_COUNT)."""
+    run_dir = Path(run_dir)
+    if (run_dir / DONE_MARKER).is_file():
+        return False, f"run complete: {run_dir / DONE_MARKER}"
+    if job_state != "RUNNING":
+        return False, f"the job is {job_state} (cancelled or out of time): not requeueing"
+    newest = newest_complete_step(run_dir)
+    killed_by = status - 128 if status > 128 else 0
+    every_task = all((run_dir / TASK_SIGNALLED.format(node)).exists() for node in range(nodes))
+    if signalled or every_task:
+        cause = f"a stop was requested (exit {status})"
+    elif status == 0:
+        cause = "the trainer stopped before train.max_steps"
+    elif killed_by in _PREEMPTION_SIGNALS:
+        name = signal.Signals(killed_by).name
+        if newest is None or (started_from is not None and newest <= started_from):
+            return False, (
+                f"the trainer was killed by {name} with no stop requested and saved no "
+                "checkpoint: not requeueing (a kill that repeats, such as the out-of-memory "
+                "killer, would loop)"
+            )
+        cause = f"the trainer was killed by {name} after saving step {newest}"
+    else:
+        return False, f"the trainer failed (exit {status}): not requeueing"
+    if restarts >= max_requeues:
+        return False, f"{cause}, but the job was already requeued {restarts} times: giving up"
+    resume = (
+        f"resumes from {checkpoint_dir(run_dir, newest)}"
+        if newest is not None
+        else "starts over (no complete checkpoint yet)"
+    )
+    return True, f"{cause}; the requeued job {resume}"
+
+
 class SaveError(RuntimeError):
     """A checkpoint or weights file could not be written (a full disk, a quota). The message
     is one line naming the file, the cause and what is kept; the partial files are removed."""
@@ -172,6 +248,8 @@ def _on_every_rank(accelerator, ok: bool) -> bool:
     """Whether ``ok`` holds on every rank (collective)."""
     if accelerator.num_processes == 1:
         return ok
+    import torch
+
     failed = torch.tensor([0.0 if ok else 1.0], device=accelerator.device)
     return float(accelerator.reduce(failed, "sum")) == 0.0
 
@@ -302,6 +380,7 @@ def check_rng_states(folder: Path, processes: int) -> list[int]:
     import random
 
     import numpy as np
+    import torch
     from accelerate.utils import load  # torch.load(weights_only=True) + numpy's globals
 
     missing = []
@@ -532,3 +611,44 @@ def _load_pare_checkpoint(
     model = build_model(converted.cfg.model, converted.cfg.body)
     model.load_state_dict(converted.state)
     return model.eval(), converted.cfg, converted.meta
+
+
+def main(argv: list[str] | None = None) -> int:
+    """For job scripts, without torch: ``newest RUN_DIR`` prints the newest complete
+    checkpoint's step (or ``none``); ``requeue RUN_DIR --status N ...`` prints
+    :func:`requeue_decision`'s line and exits 0 to requeue, 1 not to."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m pare.checkpoint")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("newest").add_argument("run_dir", type=Path)
+    requeue = commands.add_parser("requeue")
+    requeue.add_argument("run_dir", type=Path)
+    requeue.add_argument("--status", type=int, required=True)
+    requeue.add_argument("--signalled", action="store_true")
+    requeue.add_argument("--started-from", default="none")
+    requeue.add_argument("--nodes", type=int, default=1)
+    requeue.add_argument("--job-state", default="RUNNING")
+    requeue.add_argument("--restarts", type=int, default=0)
+    requeue.add_argument("--max-requeues", type=int, default=20)
+    args = parser.parse_args(argv)
+    if args.command == "newest":
+        step = newest_complete_step(args.run_dir)
+        print("none" if step is None else step)
+        return 0
+    requeue_it, reason = requeue_decision(
+        args.run_dir,
+        args.status,
+        signalled=args.signalled,
+        nodes=args.nodes,
+        started_from=None if args.started_from == "none" else int(args.started_from),
+        restarts=args.restarts,
+        max_requeues=args.max_requeues,
+        job_state=args.job_state,
+    )
+    print(reason)
+    return 0 if requeue_it else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

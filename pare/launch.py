@@ -16,6 +16,8 @@ from pathlib import Path
 
 import torch
 
+from pare.checkpoint import STOP_MARKER
+
 
 def run_entry_point(main, errors: tuple[type[BaseException], ...]) -> None:
     """``sys.exit(main())`` for the scripts in ``train/``: the expected ``errors`` (bad config,
@@ -156,7 +158,7 @@ class StopRequest:
     SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 
     def __init__(self, run_dir: Path, budget_s: float = 0.0) -> None:
-        self.stop_file = Path(run_dir) / "STOP"
+        self.stop_file = Path(run_dir) / STOP_MARKER
         self.deadline = time.monotonic() + budget_s if budget_s > 0 else None
         self.reason = ""
         self._previous = {}

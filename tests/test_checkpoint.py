@@ -6,6 +6,8 @@ import os
 import pickle
 import random
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +26,9 @@ from pare.checkpoint import (
     load_initial_weights,
     load_trained_model,
     load_weights,
+    main,
     remove_unfinished,
+    requeue_decision,
     resolve_resume,
     save_checkpoint,
 )
@@ -55,6 +59,64 @@ def test_only_complete_checkpoints_are_resumed(tmp_path):
     for step in (15, 20):
         with pytest.raises(FileNotFoundError, match="not a complete checkpoint"):
             resolve_resume(tmp_path, str(checkpoint_dir(tmp_path, step)))
+
+
+def _complete(run_dir, step):
+    folder = checkpoint_dir(run_dir, step)
+    folder.mkdir(parents=True)
+    for name in (COMPLETE, "model.safetensors", "trainer_state.json"):
+        (folder / name).touch()
+
+
+def test_requeue_follows_the_run_folder_not_the_exit_status_alone(tmp_path):
+    """The job scripts' rule (slurm/common.sh): a stop is requeued however the launcher ended,
+    a crash never, a bare kill only after progress, DONE or a cancelled job never."""
+    _complete(tmp_path, 2)
+    (checkpoint_dir(tmp_path, 4).with_name("step-0000004.tmp")).mkdir()  # killed mid-save
+    then = f"the requeued job resumes from {checkpoint_dir(tmp_path, 2)}"
+
+    def decide(status, **kwargs):
+        return requeue_decision(tmp_path, status, nodes=2, max_requeues=3, **kwargs)
+
+    # scancel --full: the batch shell trapped TERM, srun SIGKILLed its tasks (exit 137).
+    assert decide(137, signalled=True) == (True, f"a stop was requested (exit 137); {then}")
+    assert decide(1) == (False, "the trainer failed (exit 1): not requeueing")
+    assert not decide(139)[0]  # SIGSEGV is a crash
+    assert decide(0) == (True, f"the trainer stopped before train.max_steps; {then}")
+    # Killed with no stop asked: requeued only when this attempt saved a newer checkpoint.
+    assert decide(143)[0] and decide(143, started_from=1)[0]
+    assert not decide(143, started_from=2)[0]
+    assert "killed by SIGKILL" in decide(137, started_from=2)[1]
+    assert decide(0, restarts=3) == (
+        False,
+        "the trainer stopped before train.max_steps, but the job was already requeued 3 "
+        "times: giving up",
+    )
+    # A plain scancel (or the time limit) also TERMs the batch shell: the job is ending.
+    assert decide(137, signalled=True, job_state="COMPLETING") == (
+        False,
+        "the job is COMPLETING (cancelled or out of time): not requeueing",
+    )
+    # TERM to the job steps: every node's task left its marker, the launchers exited 1. When
+    # one node's launcher crashes, srun TERMs the other tasks: a marker from some nodes only.
+    (tmp_path / "STOP.node-1").touch()
+    assert not decide(1)[0]
+    (tmp_path / "STOP.node-0").touch()
+    assert decide(1) == (True, f"a stop was requested (exit 1); {then}")
+    (tmp_path / "DONE").write_text("{}")
+    assert decide(0) == (False, f"run complete: {tmp_path / 'DONE'}")
+
+
+def test_the_requeue_command_answers_without_torch(tmp_path, capsys):
+    assert main(["newest", str(tmp_path)]) == 0 and capsys.readouterr().out == "none\n"
+    _complete(tmp_path, 6)
+    assert main(["newest", str(tmp_path)]) == 0 and capsys.readouterr().out == "6\n"
+    assert main(["requeue", str(tmp_path), "--status", "137", "--signalled"]) == 0
+    assert main(["requeue", str(tmp_path), "--status", "2", "--started-from", "6"]) == 1
+    assert capsys.readouterr().out.splitlines()[-1].endswith("not requeueing")
+    # A job script runs it at the end of every attempt: seconds of torch import are not needed.
+    code = "import sys, pare.checkpoint; assert 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, env=dict(os.environ))
 
 
 def test_a_truncated_weights_file_is_named(tmp_path):
