@@ -206,7 +206,9 @@ BACKBONES = ("hrnet_w32", "resnet50", "hrnet_w18_small", "resnet18")
 @dataclass
 class AttentionConfig:
     """The design document's multi-head self-attention over the part heatmaps (off = vanilla
-    PARE). Its residual gate starts at zero, so an enabled model begins as vanilla PARE."""
+    PARE). The corrected maps are ``H + g * (A H - H)`` with a per-part gate g: by default it
+    starts at zero and is learned, so an enabled model begins as vanilla PARE; ``gate_init: 1``
+    with ``learn_gate: false`` is the document's ``H~ = A H`` from the first step."""
 
     enabled: bool = False
     heads: int = 4
@@ -215,6 +217,8 @@ class AttentionConfig:
     # default). Nonzero, it must divide that size (checked in Config).
     resolution: int = 28
     value_proj: bool = False  # learned per-head value projection (default: the heatmaps)
+    gate_init: float = 0.0  # every part's gate at the start (0: vanilla PARE, 1: the document)
+    learn_gate: bool = True  # false: the gate stays at gate_init
 
     def __post_init__(self) -> None:
         if self.heads < 1 or self.dim % self.heads:
@@ -360,14 +364,17 @@ class OptimConfig:
     # of lr. PARE uses 1; short runs from random weights learn much faster with more (their small
     # initial weights must grow by orders of magnitude, at most about lr per Adam step).
     regressor_lr_scale: float = 1.0
+    # Learning rate of the part self-attention (W_q, W_k, the values' projection and the gate)
+    # as a multiple of lr. At PARE's lr Adam moves the zero-initialised gate by at most about lr
+    # per step: 1 needs >= 1/lr steps (20,000 at 5e-5) before the attention can matter.
+    attention_lr_scale: float = 1.0
 
     def __post_init__(self) -> None:
         _check_choice("optim", "optimizer", self.optimizer, ("adam", "adamw"))
         _check_choice("optim", "schedule", self.schedule, ("constant", "cosine"))
-        if self.regressor_lr_scale <= 0:
-            raise ConfigError(
-                f"optim.regressor_lr_scale={self.regressor_lr_scale} must be positive"
-            )
+        for name in ("regressor_lr_scale", "attention_lr_scale"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"optim.{name}={getattr(self, name)} must be positive")
 
 
 @dataclass

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import os
 import secrets
 import sys
@@ -28,7 +27,6 @@ from pare.config import (
     ConfigError,
     DataConfig,
     DatasetSource,
-    OptimConfig,
     load_config,
     occluder_files,
     save_config,
@@ -73,6 +71,7 @@ from omegaconf import OmegaConf  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from pare.body import SMPLBody  # noqa: E402
+from pare.body.joints import SMPL_24  # noqa: E402
 from pare.body.smpl import STANDIN_LABEL, STANDIN_TAG  # noqa: E402
 from pare.checkpoint import (  # noqa: E402
     CHECKPOINTS,
@@ -84,6 +83,7 @@ from pare.checkpoint import (  # noqa: E402
     check_rng_states,
     export_weights,
     load_initial_weights,
+    original_module,
     plain_checkpoint_weights,
     remove_unfinished,
     resolve_resume,
@@ -119,6 +119,8 @@ from pare.launch import (  # noqa: E402
 )
 from pare.losses import pare_loss  # noqa: E402
 from pare.models import PARE, build_model  # noqa: E402
+from pare.models.attention import attention_statistics  # noqa: E402
+from pare.optim import build_optimizer  # noqa: E402
 from pare.visualize import overlay  # noqa: E402
 
 log = logging.getLogger("pare.train")
@@ -138,16 +140,6 @@ ENTRY_ERRORS = (
     DamagedCheckpoint,
     NonFiniteSample,
 )
-
-
-def lr_factor(step: int, warmup: int, schedule: str, max_steps: int) -> float:
-    """Linear warmup to 1, then constant or cosine to 0 at ``max_steps`` (optimiser steps)."""
-    if step < warmup:
-        return (step + 1) / warmup
-    if schedule == "cosine":
-        progress = (step - warmup) / max(1, max_steps - warmup)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-    return 1.0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -357,16 +349,23 @@ def main(argv: list[str] | None = None) -> int:
                     "grad_norm": float(grad_norm),
                     **timer.end_window(state.step, train_cfg.log_every),
                     "nonfinite_steps": state.nonfinite_steps,
+                    **attention_metrics(accelerator.unwrap_model(model), pred),
                 }
                 accelerator.log(metrics, step=state.step)
                 bar.set_postfix(
                     loss=f"{metrics.get('loss/total', float('nan')):.3f}",
                     sps=f"{metrics['samples_per_s']:.1f}",
                 )
-                log.info(
+                log.info(  # the 24 per-part gates go to W&B only
                     "step %d %s",
                     state.step,
-                    json.dumps({k: round(v, 5) for k, v in metrics.items()}),
+                    json.dumps(
+                        {
+                            k: round(v, 5)
+                            for k, v in metrics.items()
+                            if not k.startswith("attention/gate/")
+                        }
+                    ),
                 )
                 losses = LossMeter()
                 timer.next_window()
@@ -451,28 +450,24 @@ def setup_logging(run_dir: Path, main_process: bool) -> None:
     package.setLevel(logging.INFO if main_process else logging.WARNING)
 
 
-def build_optimizer(
-    model: PARE, optim: OptimConfig, max_steps: int
-) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
-    """Adam or AdamW with the SMPL regressors in their own group (``lr * regressor_lr_scale``),
-    and the warmup-then-constant-or-cosine schedule over ``max_steps`` optimiser steps. Takes
-    the plain model (not a ``torch.compile`` wrapper): it reads ``model.head``."""
-    regressors = {id(p) for p in model.head.regressor_parameters()}
-    groups = [
-        {"params": [p for p in model.parameters() if id(p) not in regressors]},
-        {
-            "params": [p for p in model.parameters() if id(p) in regressors],
-            "lr": optim.lr * optim.regressor_lr_scale,
-        },
-    ]
-    optim_cls = torch.optim.AdamW if optim.optimizer == "adamw" else torch.optim.Adam
-    optimizer = optim_cls(
-        groups, lr=optim.lr, betas=tuple(optim.adam_betas), weight_decay=optim.weight_decay
-    )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, optim.warmup_steps, optim.schedule, max_steps)
-    )
-    return optimizer, scheduler
+def attention_metrics(model: PARE, pred: dict) -> dict[str, float]:
+    """``attention/*`` of the last batch (rank 0's images, up to 4) for the variant; {} for
+    vanilla PARE: the gate's mean |g| and per-part values, the attention's entropy and the
+    relative change it makes to the part maps (:func:`pare.models.attention.attention_statistics`)."""
+    attention = original_module(model).head.attention
+    if attention is None:
+        return {}
+    stats = attention_statistics(attention, pred["part_logits"][:4, 1:].detach())
+    gates = {
+        f"attention/gate/{name}": float(g) for name, g in zip(SMPL_24, stats["gate"], strict=True)
+    }
+    return {
+        "attention/gate_abs_mean": float(stats["gate_abs_mean"]),
+        "attention/entropy_nats": float(stats["entropy"]),
+        "attention/entropy_max_nats": float(stats["entropy_max"]),
+        "attention/relative_change": float(stats["relative_change"]),
+        **gates,
+    }
 
 
 def start_wandb(

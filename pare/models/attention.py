@@ -3,8 +3,10 @@
 Every pixel of the (J, H, W) part-logit maps is a token whose features are its J part scores.
 Queries and keys are learned maps J -> D_k (split over the heads); the values are the heatmaps
 themselves (optionally a learned per-head projection), so each head returns corrected heatmaps
-``A @ H_f``. The heads are averaged, and a per-part gate g (zero at initialisation) blends
-``H + g * (A H_f - H)``: g = 0 is vanilla PARE exactly, g = 1 the document's corrected maps.
+``A @ H_f``. The heads are averaged, and a per-part gate g blends ``H + g * (A H_f - H)``:
+g = 0 is vanilla PARE exactly, g = 1 the document's corrected maps (section 2.3,
+``H~ = A H``). The gate starts at ``gate_init`` (0 by default) and is learned unless
+``learn_gate`` is false.
 
 Attention goes through ``scaled_dot_product_attention`` so the (HW x HW) matrix is never stored
 (at 56 x 56 it is 9.8 M entries per head and image). PyTorch's CPU flash kernel needs the value
@@ -55,6 +57,8 @@ class PartSelfAttention(nn.Module):
         heads: int = 4,
         resolution: int = 28,
         value_proj: bool = False,
+        gate_init: float = 0.0,
+        learn_gate: bool = True,
     ) -> None:
         super().__init__()
         if dim % heads:
@@ -63,7 +67,8 @@ class PartSelfAttention(nn.Module):
         self.query = nn.Linear(num_parts, dim, bias=False)  # W_q
         self.key = nn.Linear(num_parts, dim, bias=False)  # W_k
         self.value = nn.Linear(num_parts, heads * num_parts, bias=False) if value_proj else None
-        self.gate = nn.Parameter(torch.zeros(num_parts))
+        # A parameter either way, so the weight files have the same keys.
+        self.gate = nn.Parameter(torch.full((num_parts,), float(gate_init)), learn_gate)
         self.attend = fused_attention
 
     def mix(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -78,14 +83,46 @@ class PartSelfAttention(nn.Module):
             v = self.value(tokens).view(b, n, self.heads, j).transpose(1, 2)  # (B, h, N, J)
         return self.attend(q, k, v).mean(1)  # (B, N, J)
 
+    def grid(self, heatmaps: torch.Tensor) -> torch.Tensor:
+        """(B, J, H, W) maps -> (B, J, r, r) on the attention grid (the maps themselves at 0)."""
+        if self.resolution and self.resolution != heatmaps.shape[-2]:
+            return F.adaptive_avg_pool2d(heatmaps, self.resolution)
+        return heatmaps
+
     def forward(self, heatmaps: torch.Tensor) -> torch.Tensor:
         _, j, h, w = heatmaps.shape
-        grid = heatmaps
-        if self.resolution and self.resolution != h:
-            grid = F.adaptive_avg_pool2d(heatmaps, self.resolution)  # (B, J, r, r)
+        grid = self.grid(heatmaps)  # (B, J, r, r)
         tokens = grid.flatten(2).transpose(1, 2)  # (B, r*r, J)
         delta = (self.mix(tokens) - tokens).transpose(1, 2).reshape(grid.shape)  # (B, J, r, r)
         if delta.shape[-2:] != (h, w):
             delta = F.interpolate(delta, size=(h, w), mode="bilinear", align_corners=False)
         # Back in the maps' dtype: under autocast the fp32 gate would otherwise promote them.
         return (heatmaps + self.gate.view(1, j, 1, 1) * delta).to(heatmaps.dtype)  # (B, J, H, W)
+
+
+@torch.no_grad()
+def attention_statistics(
+    module: PartSelfAttention, heatmaps: torch.Tensor, max_queries: int = 256
+) -> dict[str, torch.Tensor]:
+    """What the part self-attention does to a batch, for logging: ``gate_abs_mean`` (mean |g|),
+    ``gate`` (J,) per part, ``entropy`` (nats, mean over heads, images and up to
+    ``max_queries`` evenly spaced query tokens; log N for uniform attention over N tokens),
+    ``entropy_max`` (log N), and ``relative_change`` ||H~ - H|| / ||H|| over the batch.
+    ``heatmaps`` are the part logits before the attention (B, J, H, W)."""
+    tokens = module.grid(heatmaps.float()).flatten(2).transpose(1, 2)  # (B, N, J)
+    b, n, _ = tokens.shape
+    queries = tokens[:, torch.linspace(0, n - 1, min(n, max_queries)).long()]  # (B, n_q, J)
+    q = module.query(queries).view(b, len(queries[0]), module.heads, -1).transpose(1, 2)
+    k = module.key(tokens).view(b, n, module.heads, -1).transpose(1, 2)  # (B, h, N, d)
+    logits = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5  # (B, h, n_q, N)
+    entropy = -(logits.softmax(-1) * logits.log_softmax(-1)).sum(-1).mean()
+    corrected = module(heatmaps.float())
+    change = (corrected - heatmaps.float()).norm() / heatmaps.float().norm().clamp_min(1e-12)
+    gate = module.gate.detach().float()
+    return {
+        "gate_abs_mean": gate.abs().mean(),
+        "gate": gate,
+        "entropy": entropy,
+        "entropy_max": torch.tensor(float(n)).log(),
+        "relative_change": change,
+    }

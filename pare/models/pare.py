@@ -70,6 +70,8 @@ def build_model(model_cfg: ModelConfig, body_cfg: BodyConfig) -> PARE:
             heads=att.heads,
             resolution=att.resolution,
             value_proj=att.value_proj,
+            gate_init=att.gate_init,
+            learn_gate=att.learn_gate,
         )
         if att.enabled
         else None

@@ -731,3 +731,9 @@ def test_compare_trains_both_variants_from_one_initialisation(packed, tmp_path):
         for v in ("vanilla", "attention")
     }
     assert len(groups) == 1 and groups.pop().startswith("compare-")
+    # The variant logs what its attention does (W&B: the per-part gates too); vanilla does not.
+    logged = {v: (out / v / "train.log").read_text() for v in ("vanilla", "attention")}
+    for key in ("attention/gate_abs_mean", "attention/entropy_nats", "attention/relative_change"):
+        assert key in logged["attention"] and key not in logged["vanilla"]
+    history = read_wandb_run(next((out / "attention" / "wandb").glob("offline-run-*")))
+    assert "attention/gate/left_knee" in history["summary"]
