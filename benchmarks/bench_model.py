@@ -141,8 +141,8 @@ def main(argv: list[str] | None = None) -> dict:
         job = ["model", args.backbone, args.batch, precision, overrides, repeats]
         rows.append({"model": name, "precision": precision, **_in_subprocess(job)})
     attention = {
-        # Batch 8 by default: at batch 1 the import-time peak of the process can hide the
-        # attention's own memory (the smoke test's 2 still stores 0.6 GB of naive scores).
+        # Batch 8 by default: at small batches the import-time peak of the process hides the
+        # attention's own memory (measured at batch 2 on a fresh install: fused/naive 1.0).
         kind: _in_subprocess(["attention", kind, args.attention_batch, args.repeats])
         for kind in ("fused", "naive")
     }
